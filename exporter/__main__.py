@@ -1,0 +1,216 @@
+"""Command line: parse flags, load config, run. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import platform
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+import structlog
+from aiohttp import web
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .demo import demo_config, point_at
+from .log import FORMATS, LEVELS, make_logger
+from .server import Settings, check_telemetry_path, create_app, parse_listen_address, serve
+from .simulator import Simulator, start_simulator
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["simulate"]:
+        return _simulate(args_list[1:])
+    args = _parser().parse_args(args_list)
+    if args.config_check:
+        return _check(args.config_file)
+    try:
+        check_telemetry_path(args.telemetry_path)
+        parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log = make_logger(args.log_level, args.log_format)
+    if args.demo:
+        return asyncio.run(_run_demo(args, log))
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        _print_errors(exc)
+        print(
+            "hint: try `koodrive-exporter --demo` to run against the built-in simulator",
+            file=sys.stderr,
+        )
+        return 1
+    return asyncio.run(_run(config, args, log))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="koodrive-exporter",
+        description="Prometheus exporter for Huawei Cloud KooDrive space usage. "
+        "Run `koodrive-exporter simulate --help` for the built-in KooDrive simulator.",
+    )
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        default="config.yaml",
+        help="YAML configuration file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the configuration, print the result and exit",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=":9877",
+        help="address to serve metrics on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        help="path under which to expose metrics (default: %(default)s)",
+    )
+    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=FORMATS,
+        default="auto",
+        help="auto: console on a terminal, JSON otherwise",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="poll the built-in simulator with two demo accounts; no config",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"koodrive-exporter {__version__} (python {platform.python_version()})",
+    )
+    return parser
+
+
+def _check(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_errors(exc)
+        return 1
+    print(f"config OK: {len(config.accounts)} accounts")
+    return 0
+
+
+def _print_errors(exc: ConfigError) -> None:
+    for error in exc.errors:
+        print(f"config error: {error}", file=sys.stderr)
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, so shutdown always runs the same clean path."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _run(
+    config: Config, args: argparse.Namespace, log: structlog.typing.FilteringBoundLogger
+) -> int:
+    log.info(
+        "starting", version=__version__, accounts=len(config.accounts), config_file=config.source
+    )
+    app = create_app(config, log, Settings(telemetry_path=args.telemetry_path))
+    return await _serve(app, args.listen_address, log, _stop_event())
+
+
+async def _serve(
+    app: web.Application,
+    address: str,
+    log: structlog.typing.FilteringBoundLogger,
+    stop: asyncio.Event,
+    on_ready: Callable[[list[str]], None] | None = None,
+) -> int:
+    try:
+        await serve(app, address, log, stop, on_ready)
+    except OSError as exc:
+        log.error("cannot_listen", address=address, error=exc.strerror or str(exc))
+        return 1
+    return 0
+
+
+async def _run_demo(args: argparse.Namespace, log: structlog.typing.FilteringBoundLogger) -> int:
+    stop = _stop_event()
+    accounts = demo_config()
+    simulator = Simulator(accounts)
+    sim_runner, sim_url = await start_simulator(simulator)
+    try:
+        config = point_at(accounts, sim_url)
+
+        def announce(urls: list[str]) -> None:
+            base = urls[0].replace("0.0.0.0", "localhost").replace("[::]", "localhost")  # noqa: S104
+            print(f"KooDrive simulator: {sim_url}", flush=True)
+            print(f"Exporter:           {base}/", flush=True)
+            print(f"Metrics:            {base}{args.telemetry_path}", flush=True)
+
+        log.info("demo", simulator=sim_url, accounts=[a.name for a in config.accounts])
+        settings = Settings(telemetry_path=args.telemetry_path, startup_window=0.5)
+        app = create_app(config, log, settings)
+        return await _serve(app, args.listen_address, log, stop, announce)
+    finally:
+        await sim_runner.cleanup()
+
+
+def _simulate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="koodrive-exporter simulate",
+        description="Serve a fake KooDrive overview API for the accounts of a config file.",
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:9878", help="host:port to listen on (default: %(default)s)"
+    )
+    parser.add_argument("--config", required=True, help="exporter config whose accounts to serve")
+    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
+    parser.add_argument("--log.format", dest="log_format", choices=FORMATS, default="auto")
+    args = parser.parse_args(argv)
+    try:
+        host, port = parse_listen_address(args.listen)
+        config = load_config(args.config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        _print_errors(exc)
+        return 1
+    log = make_logger(args.log_level, args.log_format)
+    return asyncio.run(_run_simulator(Simulator(config), host or "127.0.0.1", port, log))
+
+
+async def _run_simulator(
+    simulator: Simulator, host: str, port: int, log: structlog.typing.FilteringBoundLogger
+) -> int:
+    stop = _stop_event()
+    try:
+        runner, url = await start_simulator(simulator, host, port)
+    except OSError as exc:
+        log.error("cannot_listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
+        return 1
+    print(f"KooDrive simulator: {url}", flush=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The KooDrive HTTP client: one shared aiohttp session, one method per endpoint.
+
+Every failure leaves as a FetchError with a bounded `reason`; the poller never has to know
+about aiohttp's exception zoo.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from . import __version__
+from .config import AccountConfig
+from .credentials import CredentialStore
+from .model import FetchError, Reason, Usage, truncate
+from .signing import new_trace_id, request_headers
+
+OVERVIEW_PATH = "/koodrive/ose/v1/space/usage/overview"
+BODY_LIMIT = 1 << 20
+USER_AGENT = f"koodrive-exporter/{__version__}"
+AUTH_STATUSES = frozenset({400, 401, 403})
+INT64_MAX = (1 << 63) - 1
+USAGE_FIELDS = ("totalAllocation", "totalCapacity", "totalUsed")
+
+
+class KooDriveClient:
+    """Signs and sends requests; `clock` and `rng` are injectable for deterministic tests."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        credentials: CredentialStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._session = session
+        self._credentials = credentials
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - trace ids need no secrecy
+        self._targets: dict[str, tuple[URL, str, str]] = {}
+
+    def new_trace_id(self) -> str:
+        return new_trace_id(self._rng)
+
+    async def overview(self, account: AccountConfig, trace_id: str) -> Usage:
+        """GET the space usage overview of one account, signed afresh for this request."""
+        url, host, path = self._target(account.endpoint)
+        headers = request_headers(
+            self._credentials.credentials(account),
+            host=host,
+            user_id=account.user_id,
+            now=self._clock(),
+            trace_id=trace_id,
+            language=account.language,
+            path=path,
+        )
+        headers["Accept"] = "application/json"
+        headers["User-Agent"] = USER_AGENT
+        status, body = await self._get(url, headers, account.timeout)
+        if status != 200:
+            raise _status_error(status, body)
+        return parse_overview(body)
+
+    def _target(self, endpoint: str) -> tuple[URL, str, str]:
+        target = self._targets.get(endpoint)
+        if target is None:
+            target = self._targets[endpoint] = target_of(endpoint, OVERVIEW_PATH)
+        return target
+
+    async def _get(self, url: URL, headers: dict[str, str], limit: float) -> tuple[int, bytes]:
+        try:
+            async with self._session.get(
+                url,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=limit),
+                allow_redirects=False,
+            ) as response:
+                return response.status, await _read_capped(response)
+        except TimeoutError:
+            raise FetchError(Reason.TIMEOUT, f"no complete answer within {limit:g}s") from None
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            raise FetchError(Reason.TLS, f"TLS failure: {_describe(exc)}") from None
+        except ssl.SSLError as exc:
+            raise FetchError(Reason.TLS, f"TLS failure: {_describe(exc)}") from None
+        except aiohttp.ClientResponseError as exc:
+            raise FetchError(
+                Reason.INVALID_RESPONSE, f"malformed HTTP response: {exc.message}"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise FetchError(Reason.CONNECTION, _describe(exc)) from None
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """Read at most BODY_LIMIT bytes (after decompression), so a runaway body cannot OOM us."""
+    if response.content_length is not None and response.content_length > BODY_LIMIT:
+        raise FetchError(
+            Reason.INVALID_RESPONSE,
+            f"body of {response.content_length} bytes exceeds the {BODY_LIMIT} byte limit",
+            status=response.status,
+        )
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > BODY_LIMIT:
+            raise FetchError(
+                Reason.INVALID_RESPONSE,
+                f"body exceeds the {BODY_LIMIT} byte limit",
+                status=response.status,
+            )
+    return bytes(body)
+
+
+def parse_overview(body: bytes) -> Usage:
+    """Parse a 200 body: success only when `code` is 0 and all three totals are int64."""
+    document = _json_object(body)
+    code = _api_code(document)
+    if code is None:
+        raise FetchError(Reason.INVALID_RESPONSE, "body has no `code`")
+    if code != "0":
+        raise _api_error(code, document, status=200)
+    data = document.get("data")
+    if not isinstance(data, dict):
+        raise FetchError(
+            Reason.INVALID_RESPONSE, "`data` is missing or not an object", api_code=code
+        )
+    allocation, capacity, used = (_int64(data, name) for name in USAGE_FIELDS)
+    return Usage(allocation_kb=allocation, capacity_kb=capacity, used_kb=used)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise FetchError(Reason.INVALID_RESPONSE, "body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise FetchError(Reason.INVALID_RESPONSE, "body is not a JSON object")
+    return document
+
+
+def _api_code(document: dict[str, Any]) -> str | None:
+    """`code` as a string, whether sent as 0 or "0"; API Gateway errors use `error_code`."""
+    for key in ("code", "error_code"):
+        value = document.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _api_message(document: dict[str, Any]) -> str:
+    for key in ("msg", "error_msg", "message"):
+        value = document.get(key)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+def _looks_like_auth(code: str) -> bool:
+    """API Gateway codes APIGW.03xx are authentication failures (bad token, bad signature)."""
+    return code.upper().startswith("APIGW.03")
+
+
+def _api_error(code: str, document: dict[str, Any], *, status: int) -> FetchError:
+    reason = Reason.AUTH if _looks_like_auth(code) else Reason.API_ERROR
+    detail = f"code={code} msg={_api_message(document)!r}"
+    return FetchError(reason, detail, status=status, api_code=code)
+
+
+def _status_error(status: int, body: bytes) -> FetchError:
+    if status in AUTH_STATUSES:
+        reason = Reason.AUTH
+    elif status == 429:
+        reason = Reason.RATE_LIMITED
+    else:
+        reason = Reason.HTTP_ERROR
+    detail = f"HTTP {status}"
+    code = None
+    try:
+        document = _json_object(body)
+    except FetchError:
+        pass
+    else:
+        code = _api_code(document)
+        if code is not None:
+            detail += f" code={code} msg={_api_message(document)!r}"
+            if _looks_like_auth(code):
+                reason = Reason.AUTH
+    return FetchError(reason, detail, status=status, api_code=code)
+
+
+def _int64(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None:
+        shown = "missing" if value is None else f"not an integer ({type(value).__name__})"
+        raise FetchError(Reason.INVALID_RESPONSE, f"data.{name} is {shown}")
+    if not 0 <= number <= INT64_MAX:
+        raise FetchError(Reason.INVALID_RESPONSE, f"data.{name} is out of range")
+    return number
+
+
+def target_of(endpoint: str, api_path: str) -> tuple[URL, str, str]:
+    """URL to request, Host header value (as aiohttp would send it) and the path to sign."""
+    base = URL(endpoint)
+    url = base.with_path(base.path.rstrip("/") + api_path)
+    host = (url.raw_host or "").rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    if url.explicit_port is not None and not url.is_default_port():
+        host += f":{url.port}"
+    return url, host, url.path
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return truncate(f"{type(exc).__name__}: {text}")

@@ -1,0 +1,107 @@
+"""Plain data shared by the client, the poller and the collector.
+
+Kept free of I/O and of any sibling import so that every other module can depend on it
+without pulling in aiohttp or prometheus_client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+# Longest error detail kept: details end up in logs and on the landing page, and an
+# upstream that answers with a megabyte of HTML must not flood either.
+DETAIL_LIMIT = 200
+
+
+class Reason(StrEnum):
+    """Why a poll failed.
+
+    A closed set, because it becomes the `reason` label of `koodrive_poll_errors_total`:
+    free text there would explode the series count.
+    """
+
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    TLS = "tls"
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+    HTTP_ERROR = "http_error"
+    API_ERROR = "api_error"
+    INVALID_RESPONSE = "invalid_response"
+    # A bug in the exporter itself; kept distinct so it is never mistaken for an upstream fault.
+    INTERNAL = "internal"
+
+
+class FetchError(Exception):
+    """A failed request to KooDrive, classified by a bounded `reason`.
+
+    `detail` is for humans (logs, landing page); it is truncated and never contains request
+    headers, so no secret can travel through it.
+    """
+
+    def __init__(
+        self,
+        reason: Reason,
+        detail: str,
+        *,
+        status: int | None = None,
+        api_code: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.detail = truncate(detail)
+        self.status = status
+        self.api_code = api_code
+        super().__init__(f"{reason}: {self.detail}")
+
+
+def truncate(text: str, limit: int = DETAIL_LIMIT) -> str:
+    """Shorten untrusted text for logs, replacing control characters that could forge lines."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The three totals exactly as the API reports them, in its own unit (KB)."""
+
+    allocation_kb: int
+    capacity_kb: int
+    used_kb: int
+
+    def in_bytes(self, kilobyte: int) -> UsageBytes:
+        return UsageBytes(
+            allocated=self.allocation_kb * kilobyte,
+            capacity=self.capacity_kb * kilobyte,
+            used=self.used_kb * kilobyte,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBytes:
+    """Usage converted to bytes, the base unit Prometheus users expect."""
+
+    allocated: int
+    capacity: int
+    used: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The outcome of one poll of one account; immutable so readers never see it half-written.
+
+    `usage` is set only on success. `started_at` is wall-clock time (for timestamps shown to
+    people); `duration` comes from the monotonic clock.
+    """
+
+    account: str
+    started_at: float
+    duration: float
+    trace_id: str
+    usage: UsageBytes | None = None
+    reason: Reason | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None

@@ -1,0 +1,241 @@
+"""The aiohttp application: wires config, poller, state and collector, and serves HTTP.
+
+The client session and the poller live in a cleanup_ctx, so they start when the app starts
+and stop, in reverse order, when it stops: no task or connection outlives the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from . import __version__
+from .client import USER_AGENT, KooDriveClient
+from .collector import KooDriveCollector
+from .config import Config
+from .credentials import CredentialStore
+from .poller import STARTUP_WINDOW, OverviewSource, Poller
+from .state import AccountState, ExporterState
+
+RESERVED_PATHS = frozenset({"/", "/-/healthy", "/-/ready", "/-/reload"})
+LANDING_ROWS = 500
+# Concurrent upstream connections per process; keep-alive reuses them across polls.
+CONNECTION_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    telemetry_path: str = "/metrics"
+    startup_window: float = STARTUP_WINDOW
+    # Tests swap the real client for a fake; None means the real KooDrive client.
+    source_factory: Callable[[aiohttp.ClientSession], OverviewSource] | None = None
+
+
+CONFIG = web.AppKey("config", Config)
+SETTINGS = web.AppKey("settings", Settings)
+STATE = web.AppKey("state", ExporterState)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+LOG = web.AppKey("log", structlog.typing.FilteringBoundLogger)
+STARTED = web.AppKey("started", float)
+
+
+def create_app(
+    config: Config,
+    log: structlog.typing.FilteringBoundLogger,
+    settings: Settings | None = None,
+) -> web.Application:
+    settings = settings or Settings()
+    check_telemetry_path(settings.telemetry_path)
+    state = ExporterState(account.name for account in config.accounts)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(KooDriveCollector(state))
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+
+    app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
+    app[CONFIG] = config
+    app[SETTINGS] = settings
+    app[STATE] = state
+    app[REGISTRY] = registry
+    app[LOG] = log
+    app[STARTED] = time.time()
+    app.cleanup_ctx.append(_polling)
+    app.router.add_get(settings.telemetry_path, _metrics)
+    app.router.add_get("/", _index)
+    app.router.add_get("/-/healthy", _healthy)
+    app.router.add_get("/-/ready", _ready)
+    return app
+
+
+def check_telemetry_path(path: str) -> None:
+    if not path.startswith("/") or path in RESERVED_PATHS or any(c.isspace() for c in path):
+        raise ValueError(
+            f"--web.telemetry-path must start with / and not be one of {sorted(RESERVED_PATHS)}"
+        )
+
+
+async def _polling(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT, ttl_dns_cache=300),
+        headers={"User-Agent": USER_AGENT},
+    )
+    source: OverviewSource
+    if settings.source_factory is not None:
+        source = settings.source_factory(session)
+    else:
+        source = KooDriveClient(session, CredentialStore())
+    poller = Poller(
+        app[CONFIG].accounts,
+        source,
+        app[STATE],
+        app[LOG],
+        rng=random.Random(),  # noqa: S311 - scheduling jitter
+        startup_window=settings.startup_window,
+    )
+    poller.start()
+    try:
+        yield
+    finally:
+        await poller.stop()
+        await session.close()
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+
+async def _healthy(_: web.Request) -> web.Response:
+    return web.Response(text="OK\n")
+
+
+async def _ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.ready:
+        return web.Response(text="ready\n")
+    waiting = sum(1 for account in state.accounts.values() if account.last is None)
+    return web.Response(status=503, text=f"waiting for the first poll of {waiting} account(s)\n")
+
+
+async def _index(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    path = html.escape(request.app[SETTINGS].telemetry_path, quote=True)
+    now = time.time()
+    rows = [
+        _account_row(name, account, now)
+        for name, account in list(state.accounts.items())[:LANDING_ROWS]
+    ]
+    more = len(state.accounts) - LANDING_ROWS
+    if more > 0:
+        rows.append(f'<tr><td colspan="4">… and {more} more accounts (see metrics)</td></tr>')
+    page = _PAGE.format(
+        version=html.escape(__version__),
+        path=path,
+        rows="\n".join(rows),
+        count=len(state.accounts),
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+def _account_row(name: str, account: AccountState, now: float) -> str:
+    last, success = account.last, account.last_success
+    if last is None:
+        status = '<span class="pending">pending</span>'
+    elif last.ok:
+        status = '<span class="up">up</span>'
+    else:
+        status = f'<span class="down" title="{html.escape(last.detail)}">down: {last.reason}</span>'
+    if success is None or success.usage is None:
+        return f"<tr><td>{html.escape(name)}</td><td>{status}</td><td>never</td><td></td></tr>"
+    ago = max(0.0, now - success.started_at)
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(success.started_at))
+    usage = success.usage
+    ratio = usage.used / usage.capacity if usage.capacity > 0 else 0.0
+    bar = (
+        f'<div class="bar"><div style="width:{min(ratio, 1.0) * 100:.1f}%"></div></div>'
+        f"{ratio * 100:.1f}% of {_human_bytes(usage.capacity)} "
+        f"({_human_bytes(usage.used)} used)"
+    )
+    return (
+        f"<tr><td>{html.escape(name)}</td><td>{status}</td>"
+        f"<td>{when} ({ago:.0f}s ago)</td><td>{bar}</td></tr>"
+    )
+
+
+def _human_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{value:.0f} B"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>KooDrive Exporter</title>
+<style>
+body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}
+.up{{color:#1a7f37}} .down{{color:#cf222e}} .pending{{color:#9a6700}}
+.bar{{display:inline-block;width:8em;height:.8em;background:#eee;margin-right:.5em}}
+.bar div{{height:100%;background:#0969da}}
+</style></head><body>
+<h1>KooDrive Exporter</h1>
+<p>Version {version}. Metrics: <a href="{path}">{path}</a>.
+Values are cached from background polls of the KooDrive space usage overview.</p>
+<h2>Accounts ({count})</h2>
+<table><tr><th>Account</th><th>State</th><th>Last success</th><th>Used / capacity</th></tr>
+{rows}
+</table></body></html>
+"""
+
+
+def parse_listen_address(address: str) -> tuple[str | None, int]:
+    """`:9877` (all interfaces), `127.0.0.1:9877`, `[::1]:9877` -> (host, port)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"invalid listen address {address!r}: use host:port or :port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host or None), int(port_text)
+
+
+async def serve(
+    app: web.Application,
+    address: str,
+    log: structlog.typing.FilteringBoundLogger,
+    stop: asyncio.Event,
+    on_ready: Callable[[list[str]], None] | None = None,
+) -> None:
+    """Run `app` until `stop` is set, then shut everything down within a few seconds."""
+    host, port = parse_listen_address(address)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, shutdown_timeout=2.0)
+        await site.start()
+        urls = [_url(addr) for addr in runner.addresses]
+        log.info("listening", urls=urls, telemetry_path=app[SETTINGS].telemetry_path)
+        if on_ready is not None:
+            on_ready(urls)
+        await stop.wait()
+        log.info("shutting_down")
+    finally:
+        await runner.cleanup()
+
+
+def _url(address: tuple[str, int] | tuple[str, int, int, int] | object) -> str:
+    host, port = address[0], address[1]  # type: ignore[index]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"

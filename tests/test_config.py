@@ -1,0 +1,147 @@
+"""Config loading: every kind of error has a fixture whose `# expect:` lines must appear."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.config import (
+    AppAuth,
+    ConfigError,
+    Secret,
+    TokenAuth,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "config"
+ERROR_FIXTURES = sorted(FIXTURES.glob("*.yaml"))
+ENV = {"KOODRIVE_TEST_EMPTY": "", "KOODRIVE_TEST_SECRET": "from-env"}
+
+
+def expected_errors(path: Path) -> list[str]:
+    return [
+        line.removeprefix("# expect:").strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("# expect:")
+    ]
+
+
+@pytest.mark.parametrize("fixture", ERROR_FIXTURES, ids=lambda p: p.stem)
+def test_each_error_fixture_is_reported_with_its_key_path(fixture: Path) -> None:
+    expected = expected_errors(fixture)
+    assert expected, f"{fixture.name} has no `# expect:` line"
+    with pytest.raises(ConfigError) as info:
+        load_config(fixture, env=ENV)
+    for fragment in expected:
+        assert any(fragment in error for error in info.value.errors), (
+            f"{fragment!r} not in {info.value.errors}"
+        )
+
+
+def test_many_errors_are_all_collected_in_one_pass() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(FIXTURES / "many_errors.yaml", env=ENV)
+    assert len(info.value.errors) == 4
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(FIXTURES / "nope.yaml")
+
+
+def test_full_config_inherits_defaults_and_overrides(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("file-secret\r\n", encoding="utf-8")
+    config = parse_config(
+        """
+defaults:
+  endpoint: https://cn.myhuaweicloud-koodrive.com/
+  interval: 2m
+  timeout: 1500ms
+  language: zh-CN
+  kilobyte: 1000
+accounts:
+  - name: acme
+    user_id: "42"
+    auth: {app_id: "${APP_ID}", app_secret_file: secret}
+  - name: "beta / €"
+    user_id: "43"
+    endpoint: http://127.0.0.1:8080
+    interval: 90
+    timeout: 1m
+    kilobyte: "1024"
+    language: en_us
+    auth: {token: "Bearer+$${literal}-${KOODRIVE_TEST_SECRET}"}
+""",
+        env={"APP_ID": "app-1", **ENV},
+        base_dir=tmp_path,
+    )
+    acme, beta = config.accounts
+    assert acme.endpoint == "https://cn.myhuaweicloud-koodrive.com"
+    assert (acme.interval, acme.timeout, acme.language, acme.kilobyte) == (120, 1.5, "zh-CN", 1000)
+    assert isinstance(acme.auth, AppAuth)
+    assert acme.auth.app_id == "app-1"
+    assert acme.auth.secret.path == tmp_path / "secret"
+    assert beta.endpoint == "http://127.0.0.1:8080"
+    assert (beta.interval, beta.timeout, beta.language, beta.kilobyte) == (90, 60, "en_us", 1024)
+    assert isinstance(beta.auth, TokenAuth)
+    assert beta.auth.token.value == Secret("Bearer+${literal}-from-env")
+
+
+def test_builtin_defaults() -> None:
+    config = parse_config('accounts: [{name: a, user_id: "1", auth: {token: t}}]', env={})
+    (account,) = config.accounts
+    assert account.endpoint == "https://intl.myhuaweicloud-koodrive.com"
+    assert (account.interval, account.timeout, account.language, account.kilobyte) == (
+        60,
+        10,
+        "en-US",
+        1024,
+    )
+
+
+def test_errors_and_reprs_never_show_secret_values(tmp_path: Path) -> None:
+    config = parse_config(
+        'accounts: [{name: a, user_id: "1", auth: {app_id: x, app_secret: "hunter2"}}]', env={}
+    )
+    assert "hunter2" not in repr(config)
+    assert "hunter2" not in str(config)
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            'accounts: [{name: a, user_id: "1", auth: {token: "hunter2", token_file: x}}]', env={}
+        )
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h", 3600), ("1m30s", 90), ("2", 2), (1.5, 1.5)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 m", "m", "1x", "1s1", True, None, [1]])
+def test_invalid_durations(text: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "[::1]", "localhost"])
+def test_plain_http_allowed_for_loopback(host: str) -> None:
+    config = parse_config(
+        f'accounts: [{{name: a, user_id: "1", endpoint: "http://{host}:1", auth: {{token: t}}}}]',
+        env={},
+    )
+    assert config.accounts[0].endpoint == f"http://{host}:1"
+
+
+def test_example_config_is_valid_once_its_secret_files_exist(tmp_path: Path) -> None:
+    example = (Path(__file__).parent.parent / "config.example.yaml").read_text(encoding="utf-8")
+    for name in ("acme-app-secret", "beta-token"):
+        (tmp_path / name).write_text("x\n", encoding="utf-8")
+    config = parse_config(example.replace("/run/secrets/koodrive/", f"{tmp_path}/"), env={})
+    assert [a.name for a in config.accounts] == ["acme", "beta"]
+    assert config.accounts[1].interval == 300
