@@ -54,6 +54,7 @@ class Poller:
         *,
         rng: random.Random | None = None,
         startup_window: float = STARTUP_WINDOW,
+        timeout_grace: float = TIMEOUT_GRACE,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._accounts = tuple(accounts)
@@ -62,6 +63,7 @@ class Poller:
         self._log = log
         self._rng = rng or random.Random()  # noqa: S311 - scheduling jitter, not security
         self._startup_window = startup_window
+        self._timeout_grace = timeout_grace
         self._wall_clock = wall_clock
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -94,7 +96,7 @@ class Poller:
         reason: Reason | None = None
         detail = ""
         try:
-            async with asyncio.timeout(account.timeout + TIMEOUT_GRACE):
+            async with asyncio.timeout(account.timeout + self._timeout_grace):
                 usage = await self._source.overview(account, trace_id)
         except FetchError as exc:
             reason, detail = exc.reason, exc.detail

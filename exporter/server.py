@@ -220,10 +220,10 @@ async def serve(
 ) -> None:
     """Run `app` until `stop` is set, then shut everything down within a few seconds."""
     host, port = parse_listen_address(address)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=2.0)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         urls = [_url(addr) for addr in runner.addresses]
         log.info("listening", urls=urls, telemetry_path=app[SETTINGS].telemetry_path)

@@ -70,6 +70,14 @@ class Growth:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    account: str
+    x_date: str
+    trace_id: str
+    server_time: float
+
+
 class Reject(Exception):
     def __init__(self, status: int, code: int, msg: str) -> None:
         self.status, self.code, self.msg = status, code, msg
@@ -90,8 +98,8 @@ class Simulator:
         self._fixed: dict[str, Usage] = {}
         self.clock_offset = 0.0
         self.outcomes: Counter[str] = Counter()
-        # (account, X-Date, X-Traceid) of recently accepted requests, for freshness checks.
-        self.accepted: deque[tuple[str, str, str]] = deque(maxlen=10_000)
+        # Recently accepted requests, for tests that check every X-Date was fresh.
+        self.accepted: deque[Accepted] = deque(maxlen=10_000)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -122,7 +130,12 @@ class Simulator:
         usage = self.usage(account.name)
         self.outcomes["accepted"] += 1
         self.accepted.append(
-            (account.name, request.headers["X-Date"], request.headers.get("X-Traceid", ""))
+            Accepted(
+                account=account.name,
+                x_date=request.headers["X-Date"],
+                trace_id=request.headers.get("X-Traceid", ""),
+                server_time=self.server_now(),
+            )
         )
         return web.json_response(
             {
@@ -216,9 +229,9 @@ async def start_simulator(
     simulator: Simulator, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, str]:
     """Serve the simulator; returns the runner (call `cleanup()`) and its base URL."""
-    runner = web.AppRunner(simulator.app(), access_log=None)
+    runner = web.AppRunner(simulator.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host

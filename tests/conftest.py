@@ -49,7 +49,9 @@ def write_secret_files(directory: Path) -> tuple[Path, Path]:
     return app_secret, token
 
 
-def two_account_config(endpoint: str, directory: Path, interval: str = "60s") -> Path:
+def two_account_config(
+    endpoint: str, directory: Path, interval: str = "60s", timeout: str = "1s"
+) -> Path:
     """The issue's config shape: one app account with a secret file, one token account."""
     app_secret, token = write_secret_files(directory)
     path = directory / "config.yaml"
@@ -58,7 +60,7 @@ def two_account_config(endpoint: str, directory: Path, interval: str = "60s") ->
 defaults:
   endpoint: {endpoint}
   interval: {interval}
-  timeout: 2s
+  timeout: {timeout}
   language: en-US
   kilobyte: 1024
 accounts:

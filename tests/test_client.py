@@ -129,7 +129,10 @@ def with_data(**fields: Any) -> dict[str, Any]:
 FAILURES: dict[str, tuple[Handler, Reason]] = {
     "non-zero code": (Upstream.json({"code": 13000201, "msg": "inner"}), Reason.API_ERROR),
     "non-zero string code": (Upstream.json({"code": "13000301", "msg": "x"}), Reason.API_ERROR),
-    "gateway auth code": (Upstream.json({"error_code": "APIGW.0301", "error_msg": "x"}), Reason.AUTH),
+    "gateway auth code": (
+        Upstream.json({"error_code": "APIGW.0301", "error_msg": "x"}),
+        Reason.AUTH,
+    ),
     "gateway other code": (Upstream.json({"error_code": "APIGW.0101"}), Reason.API_ERROR),
     "no code": (Upstream.json({"msg": "success", "data": OK_DATA}), Reason.INVALID_RESPONSE),
     "bool code": (Upstream.json({"code": False, "data": OK_DATA}), Reason.INVALID_RESPONSE),
@@ -222,9 +225,9 @@ async def test_chunked_body_over_limit_is_cut_off(upstream) -> None:
 
 async def test_gzip_body_is_accepted(upstream) -> None:
     up, server = upstream
-    up.handler = Upstream.raw(gzip.compress(json.dumps(DOC_EXAMPLE).encode()), **{
-        "Content-Encoding": "gzip"
-    })
+    up.handler = Upstream.raw(
+        gzip.compress(json.dumps(DOC_EXAMPLE).encode()), **{"Content-Encoding": "gzip"}
+    )
     assert (await fetch(base(server))).used_kb == 33085606
 
 

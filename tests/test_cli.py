@@ -1,0 +1,214 @@
+"""The command line, run as real processes: config check, demo, serve, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import APP_SECRET, TOKEN, two_account_config
+
+from exporter import __version__
+from exporter.simulator import Growth
+
+SCRIPT = Path(sys.executable).parent / "koodrive-exporter"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, text=True, timeout=30, cwd=cwd, check=False
+    )
+
+
+def test_console_script_and_module_agree_on_version() -> None:
+    script = run("--version")
+    module = subprocess.run(
+        [sys.executable, "-m", "exporter", "--version"], capture_output=True, text=True, check=False
+    )
+    assert script.returncode == module.returncode == 0
+    assert script.stdout == module.stdout
+    assert script.stdout.startswith(f"koodrive-exporter {__version__} (python ")
+
+
+def test_config_check_ok(tmp_path: Path) -> None:
+    result = run(
+        "--config.check", "--config.file", str(two_account_config("https://x.y", tmp_path))
+    )
+    assert (result.returncode, result.stdout) == (0, "config OK: 2 accounts\n")
+
+
+def test_config_check_names_negative_interval_and_missing_secret(tmp_path: Path) -> None:
+    path = two_account_config("https://x.y", tmp_path)
+    text = path.read_text().replace("interval: 60s", "interval: -5s")
+    path.write_text(text)
+    (tmp_path / "app-secret").unlink()
+    result = run("--config.check", f"--config.file={path}")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "config error: defaults.interval: must be a positive duration" in result.stderr
+    assert "config error: accounts[0].auth.app_secret_file: no such file" in result.stderr
+
+
+def test_start_without_config_explains_itself(tmp_path: Path) -> None:
+    result = run(cwd=tmp_path)
+    assert result.returncode == 1
+    assert "config.yaml: no such file" in result.stderr
+    assert "--demo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flags_are_usage_errors() -> None:
+    assert run("--web.listen-address", "nonsense").returncode == 2
+    assert run("--web.telemetry-path", "metrics").returncode == 2
+    assert run("--log.level", "loud").returncode == 2
+
+
+async def start(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def read_until(stream: asyncio.StreamReader, pattern: str, timeout: float = 10) -> str:
+    async with asyncio.timeout(timeout):
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise AssertionError(f"stream ended before {pattern!r}")
+            match = re.search(pattern, line)
+            if match:
+                return match.group(1)
+
+
+async def stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> float:
+    """Send `sig`; return how long the process took to exit (it must exit 0)."""
+    started = time.monotonic()
+    process.send_signal(sig)
+    try:
+        code = await asyncio.wait_for(process.wait(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert code == 0
+    return time.monotonic() - started
+
+
+async def metrics_text(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        return await response.text()
+
+
+async def test_demo_is_up_within_five_seconds_and_stops_cleanly() -> None:
+    started = time.monotonic()
+    process = await start("--demo", "--web.listen-address", "127.0.0.1:0")
+    try:
+        assert process.stdout is not None
+        url = await read_until(process.stdout, r"^Metrics:\s+(\S+)")
+        both_up = False
+        while time.monotonic() - started < 5 and not both_up:
+            text = await metrics_text(url)
+            both_up = all(
+                f'koodrive_up{{account="{name}"}} 1.0' in text
+                for name in ("demo-app", "demo-token")
+            )
+            await asyncio.sleep(0.05)
+        up_after = time.monotonic() - started
+        assert both_up, f"demo accounts not up within 5 s:\n{text}"
+        assert 'koodrive_space_used_bytes{account="demo-app"}' in text
+        assert await stop(process) < 5
+        print(f"demo: both accounts up {up_after:.2f}s after the process started")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None:
+    sim_dir, exp_dir = tmp_path / "sim", tmp_path / "exp"
+    sim_dir.mkdir()
+    exp_dir.mkdir()
+    simulator = await start(
+        "simulate", "--listen", "127.0.0.1:0",
+        "--config", str(two_account_config("http://127.0.0.1:1", sim_dir)),
+    )  # fmt: skip
+    exporter = None
+    try:
+        assert simulator.stdout is not None
+        sim_url = await read_until(simulator.stdout, r"^KooDrive simulator: (\S+)")
+        config = two_account_config(sim_url, exp_dir, interval="1s")
+        exporter = await start(
+            f"--config.file={config}", "--web.listen-address=127.0.0.1:0", "--log.format=json"
+        )
+        assert exporter.stderr is not None
+        urls = json.loads(await read_until(exporter.stderr, r'"urls": (\[[^\]]*\])'))
+        deadline = time.monotonic() + 6
+        text = ""
+        while time.monotonic() < deadline:
+            text = await metrics_text(urls[0] + "/metrics")
+            if text.count("koodrive_up{") == 2 and " 0.0" not in _up_lines(text):
+                break
+            await asyncio.sleep(0.1)
+        assert _up_lines(text) == [
+            'koodrive_up{account="acme"} 1.0',
+            'koodrive_up{account="beta"} 1.0',
+        ]
+        for name in ("acme", "beta"):
+            growth = Growth.for_account(name)
+            assert f'koodrive_space_capacity_bytes{{account="{name}"}} ' in text
+            capacity = _value(text, "koodrive_space_capacity_bytes", name)
+            allocated = _value(text, "koodrive_space_allocated_bytes", name)
+            assert capacity == growth.capacity_kb * 1024
+            assert allocated == growth.allocation_kb * 1024
+        assert await stop(exporter, signal.SIGINT) < 5
+        out, err = await exporter.communicate()
+        for secret in (APP_SECRET, TOKEN, "Signature="):
+            assert secret not in err.decode()
+            assert secret not in out.decode()
+    finally:
+        for process in (exporter, simulator):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+def _up_lines(text: str) -> list[str]:
+    return sorted(line for line in text.splitlines() if line.startswith("koodrive_up{"))
+
+
+def _value(text: str, name: str, account: str) -> float:
+    prefix = f'{name}{{account="{account}"}} '
+    (line,) = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(line[len(prefix) :])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_port_in_use_is_a_clean_error(sig: int) -> None:
+    first = await start("--demo", "--web.listen-address", "127.0.0.1:0")
+    try:
+        assert first.stdout is not None
+        url = await read_until(first.stdout, r"^Exporter:\s+(\S+)/")
+        second = await start("--demo", "--web.listen-address", url.removeprefix("http://"))
+        code = await asyncio.wait_for(second.wait(), 10)
+        assert second.stderr is not None
+        err = (await second.stderr.read()).decode()
+        assert code == 1
+        assert "cannot_listen" in err
+        assert "Traceback" not in err
+        assert await stop(first, sig) < 5
+    finally:
+        if first.returncode is None:
+            first.kill()
+            await first.wait()

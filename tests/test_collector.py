@@ -1,0 +1,90 @@
+"""The collector renders exactly what the state holds, and nothing before it knows."""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter import __version__
+from exporter.collector import KooDriveCollector
+from exporter.model import Reason, Snapshot, UsageBytes
+from exporter.state import ExporterState
+
+
+def registry_for(state: ExporterState) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(KooDriveCollector(state))
+    return registry
+
+
+def ok(account: str, at: float, used: int, duration: float = 0.2) -> Snapshot:
+    usage = UsageBytes(allocated=100, capacity=1000, used=used)
+    return Snapshot(account=account, started_at=at, duration=duration, trace_id="t", usage=usage)
+
+
+def failed(account: str, reason: Reason, at: float = 0.0, duration: float = 3.0) -> Snapshot:
+    return Snapshot(account, at, duration, "t", reason=reason, detail="x")
+
+
+def test_nothing_per_account_before_the_first_poll() -> None:
+    registry = registry_for(ExporterState(["a"]))
+    assert registry.get_sample_value("koodrive_up", {"account": "a"}) is None
+    assert registry.get_sample_value("koodrive_space_used_bytes", {"account": "a"}) is None
+    assert registry.get_sample_value("koodrive_poll_duration_seconds_count") == 0
+    build = {"version": __version__, "python_version": platform.python_version()}
+    assert registry.get_sample_value("koodrive_exporter_build_info", build) == 1
+
+
+def test_success_then_failure_keeps_values_and_reports_down() -> None:
+    state = ExporterState(["a", "b"])
+    registry = registry_for(state)
+    state.record(ok("a", at=1700000000.5, used=1200))
+    state.record(failed("b", Reason.AUTH))
+    a, b = {"account": "a"}, {"account": "b"}
+    assert registry.get_sample_value("koodrive_up", a) == 1
+    assert registry.get_sample_value("koodrive_space_used_bytes", a) == 1200
+    assert registry.get_sample_value("koodrive_space_capacity_bytes", a) == 1000
+    assert registry.get_sample_value("koodrive_space_allocated_bytes", a) == 100
+    assert registry.get_sample_value("koodrive_last_success_timestamp_seconds", a) == 1700000000.5
+    assert registry.get_sample_value("koodrive_last_poll_duration_seconds", a) == 0.2
+    assert registry.get_sample_value("koodrive_up", b) == 0
+    assert registry.get_sample_value("koodrive_space_used_bytes", b) is None
+    assert registry.get_sample_value("koodrive_last_success_timestamp_seconds", b) is None
+    assert registry.get_sample_value("koodrive_poll_errors_total", {**b, "reason": "auth"}) == 1
+
+    state.record(failed("a", Reason.TIMEOUT, duration=10.0))
+    state.record(failed("a", Reason.TIMEOUT, duration=10.0))
+    assert registry.get_sample_value("koodrive_up", a) == 0
+    assert registry.get_sample_value("koodrive_space_used_bytes", a) == 1200  # last success
+    assert registry.get_sample_value("koodrive_poll_errors_total", {**a, "reason": "timeout"}) == 2
+    assert registry.get_sample_value("koodrive_last_poll_duration_seconds", a) == 10.0
+
+
+def test_poll_duration_histogram_buckets() -> None:
+    state = ExporterState(["a"])
+    registry = registry_for(state)
+    for duration in (0.01, 0.1, 0.1, 0.7, 45.0):
+        state.record(ok("a", at=1.0, used=1, duration=duration))
+    value = registry.get_sample_value
+    assert value("koodrive_poll_duration_seconds_bucket", {"le": "0.025"}) == 1
+    assert value("koodrive_poll_duration_seconds_bucket", {"le": "0.1"}) == 3
+    assert value("koodrive_poll_duration_seconds_bucket", {"le": "1.0"}) == 4
+    assert value("koodrive_poll_duration_seconds_bucket", {"le": "30.0"}) == 4
+    assert value("koodrive_poll_duration_seconds_bucket", {"le": "+Inf"}) == 5
+    assert value("koodrive_poll_duration_seconds_count") == 5
+    assert abs(value("koodrive_poll_duration_seconds_sum") - 45.91) < 1e-9
+
+
+def test_exposition_has_help_types_no_timestamps_and_escaped_labels() -> None:
+    state = ExporterState(['we"ird\\name\n'])
+    state.record(ok('we"ird\\name\n', at=5.0, used=7))
+    text = generate_latest(registry_for(state)).decode()
+    assert 'account="we\\"ird\\\\name\\n"' in text
+    assert "# HELP koodrive_space_used_bytes" in text
+    assert "cached" in text.lower()
+    assert "# TYPE koodrive_poll_errors_total counter" in text
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            fields = line.rsplit("}", 1)[1].split() if "}" in line else line.split()[1:]
+            assert len(fields) == 1, line  # a value and no timestamp

@@ -1,0 +1,117 @@
+"""Exporter + simulator over real loopback HTTP, asserting exact values and a clean exposition."""
+
+from __future__ import annotations
+
+import calendar
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import APP_SECRET, TOKEN, two_account_config, wait_for
+
+from exporter.config import load_config
+from exporter.model import Usage
+from exporter.server import Settings, create_app
+from exporter.simulator import Simulator, start_simulator
+
+DOC_USAGE = Usage(allocation_kb=43, capacity_kb=1051187, used_kb=33085606)
+
+
+def sample(text: str, name: str, account: str) -> float | None:
+    prefix = f'{name}{{account="{account}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None
+
+
+async def scrape(client) -> str:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return await response.text()
+
+
+async def test_both_auth_kinds_are_up_with_exact_values(simulated, aiohttp_client, logs, promtool):
+    simulator = simulated.simulator
+    simulator.set_usage("acme", DOC_USAGE)
+    simulator.set_usage("beta", Usage(allocation_kb=1, capacity_kb=2_000_000, used_kb=1_500_000))
+    client = await aiohttp_client(
+        create_app(simulated.config, logs.log, Settings(startup_window=0.05))
+    )
+    # Three polls per account at the 1 s interval, each of which must be signed afresh.
+    await wait_for(lambda: simulator.outcomes["accepted"] >= 6, timeout=6)
+    text = await scrape(client)
+
+    for account in ("acme", "beta"):
+        assert sample(text, "koodrive_up", account) == 1
+    assert sample(text, "koodrive_space_allocated_bytes", "acme") == 43 * 1024
+    assert sample(text, "koodrive_space_capacity_bytes", "acme") == 1051187 * 1024
+    assert sample(text, "koodrive_space_used_bytes", "acme") == 33085606 * 1024
+    assert sample(text, "koodrive_space_used_bytes", "beta") == 1_500_000 * 1024
+    assert sample(text, "koodrive_space_capacity_bytes", "beta") == 2_000_000 * 1024
+    last = sample(text, "koodrive_last_success_timestamp_seconds", "acme")
+    assert last is not None
+    assert time.time() - 3 < last <= time.time()
+
+    assert set(simulator.outcomes) == {"accepted"}, simulator.outcomes
+    accepted = list(simulator.accepted)
+    assert len({a.trace_id for a in accepted}) == len(accepted)
+    for request in accepted:
+        signed_at = calendar.timegm(time.strptime(request.x_date, "%Y%m%dT%H%M%SZ"))
+        assert 0 <= request.server_time - signed_at < 2, request
+
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+
+    log_text = logs.text
+    polls = logs.events("poll")
+    assert len(polls) >= 6
+    assert {p["account"] for p in polls} == {"acme", "beta"}
+    assert all(len(str(p["trace_id"])) == 58 for p in polls)
+    for secret in (APP_SECRET, TOKEN, "Signature=", "HMAC-SHA256 AppId"):
+        assert secret not in log_text
+
+
+async def test_rotated_token_file_is_used_without_restart(tmp_path: Path, aiohttp_client, logs):
+    server_dir, exporter_dir = tmp_path / "server", tmp_path / "exporter"
+    server_dir.mkdir()
+    exporter_dir.mkdir()
+    simulator = Simulator(load_config(two_account_config("http://127.0.0.1:1", server_dir)))
+    (server_dir / "token").write_text("Bearer+rotated\n", encoding="utf-8")
+    runner, url = await start_simulator(simulator)
+    try:
+        config = load_config(two_account_config(url, exporter_dir, interval="0.3s", timeout="0.3s"))
+        client = await aiohttp_client(create_app(config, logs.log, Settings(startup_window=0.05)))
+        await wait_for(lambda: simulator.outcomes["rejected:401"] >= 2)
+        text = await scrape(client)
+        assert sample(text, "koodrive_up", "beta") == 0
+        assert 'koodrive_poll_errors_total{account="beta",reason="auth"}' in text
+        assert sample(text, "koodrive_up", "acme") == 1
+
+        (exporter_dir / "token").write_text("Bearer+rotated\n", encoding="utf-8")
+        await wait_for(lambda: sample_up(simulator, "beta"), timeout=3)
+        text = await scrape(client)
+        assert sample(text, "koodrive_up", "beta") == 1
+        assert "Bearer+rotated" not in logs.text
+    finally:
+        await runner.cleanup()
+
+
+def sample_up(simulator: Simulator, account: str) -> bool:
+    return any(a.account == account for a in simulator.accepted)
+
+
+async def test_upstream_going_away_keeps_last_values(simulated, aiohttp_client, logs):
+    simulated.simulator.set_usage("acme", DOC_USAGE)
+    client = await aiohttp_client(
+        create_app(simulated.config, logs.log, Settings(startup_window=0.05))
+    )
+    await wait_for(lambda: simulated.simulator.outcomes["accepted"] >= 2)
+    # The server's clock falls an hour behind: every X-Date is now "in the future".
+    simulated.simulator.clock_offset = -3600
+    await wait_for(lambda: simulated.simulator.outcomes["rejected:401"] >= 2, timeout=4)
+    text = await scrape(client)
+    assert sample(text, "koodrive_up", "acme") == 0
+    assert sample(text, "koodrive_space_used_bytes", "acme") == 33085606 * 1024

@@ -1,0 +1,63 @@
+"""Logging: JSON for machines, console for people, secrets redacted by field name."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from exporter.log import REDACTED, make_logger
+
+
+def test_json_lines_with_level_and_utc_timestamp() -> None:
+    stream = io.StringIO()
+    make_logger("info", "json", stream).info("poll", account="a", duration_ms=1.5)
+    event = json.loads(stream.getvalue())
+    assert event["event"] == "poll"
+    assert event["level"] == "info"
+    assert event["account"] == "a"
+    assert event["timestamp"].endswith("Z")
+
+
+def test_level_filters() -> None:
+    stream = io.StringIO()
+    log = make_logger("warning", "json", stream)
+    log.info("hidden")
+    log.debug("hidden")
+    log.warning("shown")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["shown"]
+
+
+def test_auto_is_json_when_not_a_tty_and_console_can_be_forced() -> None:
+    auto = io.StringIO()
+    make_logger("info", "auto", auto).info("x", k=1)
+    assert json.loads(auto.getvalue())["k"] == 1
+    console = io.StringIO()
+    make_logger("info", "console", console).info("hello", k=1)
+    assert "hello" in console.getvalue()
+    assert "k=1" in console.getvalue()
+    assert not console.getvalue().startswith("{")
+
+
+def test_secret_looking_fields_are_redacted_in_both_formats() -> None:
+    for fmt in ("json", "console"):
+        stream = io.StringIO()
+        make_logger("info", fmt, stream).info(
+            "oops", token="t0k", app_secret="s3c", Authorization="HMAC x", password="p", ok="fine"
+        )
+        out = stream.getvalue()
+        for secret in ("t0k", "s3c", "HMAC x"):
+            assert secret not in out
+        assert REDACTED in out
+        assert "fine" in out
+
+
+def test_console_tracebacks_are_plain_without_locals() -> None:
+    stream = io.StringIO()
+    log = make_logger("info", "console", stream)
+    app_secret_local = "do-not-print-me"  # noqa: F841 - a local a rich traceback would show
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("failed")
+    assert "RuntimeError: boom" in stream.getvalue()
+    assert "do-not-print-me" not in stream.getvalue()

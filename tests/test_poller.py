@@ -1,0 +1,228 @@
+"""The scheduler: no overlap per account, jitter, independence of accounts, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections import defaultdict
+
+import pytest
+
+from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.model import FetchError, Reason, Usage
+from exporter.poller import JITTER, Poller, first_delay, next_delay
+from exporter.state import ExporterState
+
+
+def account(name: str, interval: float = 0.1, timeout: float = 0.05) -> AccountConfig:
+    return AccountConfig(
+        name=name,
+        user_id=name,
+        auth=TokenAuth(token=SecretRef(key="token", value=Secret("t"))),
+        endpoint="http://127.0.0.1:1",
+        interval=interval,
+        timeout=timeout,
+        kilobyte=1000,
+    )
+
+
+class FakeSource:
+    """Scripted upstream: per-account behaviour, with call and concurrency bookkeeping."""
+
+    def __init__(self) -> None:
+        self.behaviour: dict[str, object] = {}
+        self.calls: dict[str, list[float]] = defaultdict(list)
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.max_in_flight: dict[str, int] = defaultdict(int)
+        self._ids = 0
+
+    def new_trace_id(self) -> str:
+        self._ids += 1
+        return f"{self._ids:058d}"
+
+    async def overview(self, account: AccountConfig, trace_id: str) -> Usage:
+        name = account.name
+        self.calls[name].append(asyncio.get_running_loop().time())
+        self.in_flight[name] += 1
+        self.max_in_flight[name] = max(self.max_in_flight[name], self.in_flight[name])
+        try:
+            what = self.behaviour.get(name, "ok")
+            if what == "hang":
+                await asyncio.sleep(3600)
+            if isinstance(what, float):
+                await asyncio.sleep(what)
+            if isinstance(what, BaseException):
+                raise what
+            return Usage(allocation_kb=1, capacity_kb=10, used_kb=5)
+        finally:
+            self.in_flight[name] -= 1
+
+
+def make_poller(accounts, source, logs, state=None, window=0.01) -> tuple[Poller, ExporterState]:
+    state = state or ExporterState(a.name for a in accounts)
+    poller = Poller(accounts, source, state, logs.log, rng=random.Random(3), startup_window=window)
+    return poller, state
+
+
+def test_first_delay_is_within_the_startup_window_not_the_interval() -> None:
+    rng = random.Random(1)
+    delays = [first_delay(rng, interval=60, window=2) for _ in range(1000)]
+    assert 0 <= min(delays) < 0.1
+    assert 1.9 < max(delays) <= 2
+    assert max(first_delay(rng, interval=0.5, window=2) for _ in range(100)) <= 0.5
+
+
+def test_next_delay_jitters_plus_minus_ten_percent() -> None:
+    rng = random.Random(2)
+    delays = [next_delay(rng, 60) for _ in range(5000)]
+    assert 60 * (1 - JITTER) <= min(delays) < 54.2
+    assert 65.8 < max(delays) <= 60 * (1 + JITTER)
+    assert len({round(d, 6) for d in delays}) > 4900  # no lockstep
+
+
+async def test_success_snapshot_is_converted_to_bytes(logs) -> None:
+    source = FakeSource()
+    poller, state = make_poller([account("a")], source, logs)
+    snapshot = await poller.poll_once(account("a"))
+    assert snapshot.ok
+    assert snapshot.usage is not None
+    assert (snapshot.usage.allocated, snapshot.usage.capacity, snapshot.usage.used) == (
+        1000,
+        10000,
+        5000,
+    )
+    assert state.accounts["a"].last_success is snapshot
+    assert state.ready
+    (line,) = logs.events("poll")
+    assert line["account"] == "a"
+    assert line["outcome"] == "success"
+    assert line["trace_id"] == snapshot.trace_id
+    assert "duration_ms" in line
+
+
+async def test_failure_keeps_the_last_success_and_counts_the_reason(logs) -> None:
+    source = FakeSource()
+    poller, state = make_poller([account("a")], source, logs)
+    good = await poller.poll_once(account("a"))
+    source.behaviour["a"] = FetchError(Reason.RATE_LIMITED, "HTTP 429")
+    bad = await poller.poll_once(account("a"))
+    assert not bad.ok
+    assert bad.reason is Reason.RATE_LIMITED
+    assert state.accounts["a"].last is bad
+    assert state.accounts["a"].last_success is good
+    assert state.accounts["a"].errors == {Reason.RATE_LIMITED: 1}
+    error_line = logs.events("poll")[-1]
+    assert error_line["outcome"] == "error"
+    assert error_line["reason"] == "rate_limited"
+    assert error_line["level"] == "warning"
+
+
+async def test_unexpected_exception_is_internal_and_does_not_kill_the_loop(logs) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = KeyError("boom")
+    poller, state = make_poller([account("a", interval=0.05)], source, logs)
+    poller.start()
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        await poller.stop()
+    assert state.accounts["a"].errors[Reason.INTERNAL] >= 3
+    assert logs.events("poll_internal_error")
+
+
+async def test_outer_guard_times_out_a_source_that_ignores_its_timeout(logs) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = "hang"
+    state = ExporterState(["a"])
+    poller = Poller([account("a")], source, state, logs.log, timeout_grace=0.05)
+    snapshot = await asyncio.wait_for(poller.poll_once(account("a", timeout=0.05)), 2)
+    assert snapshot.reason is Reason.TIMEOUT
+
+
+async def test_polls_of_one_account_never_overlap(logs) -> None:
+    source = FakeSource()
+    source.behaviour["slow"] = 0.15  # slower than its interval
+    poller, _state = make_poller([account("slow", interval=0.05, timeout=0.05)], source, logs)
+    poller.start()
+    try:
+        await asyncio.sleep(0.8)
+    finally:
+        await poller.stop()
+    assert source.max_in_flight["slow"] == 1
+    assert len(source.calls["slow"]) >= 3
+    assert source.in_flight["slow"] == 0  # stop() cancelled the one in flight
+
+
+async def test_a_hanging_account_does_not_block_the_others(logs) -> None:
+    source = FakeSource()
+    source.behaviour["stuck"] = "hang"
+    accounts = [account("stuck", interval=1.0, timeout=1.0), account("fine", interval=0.05)]
+    poller, state = make_poller(accounts, source, logs)
+    poller.start()
+    try:
+        await asyncio.sleep(0.6)
+    finally:
+        await poller.stop()
+    assert len(source.calls["stuck"]) == 1
+    assert len(source.calls["fine"]) >= 8
+    assert state.accounts["fine"].last is not None
+    assert state.accounts["fine"].last.ok
+    assert state.accounts["stuck"].last is None
+    assert not state.ready
+
+
+async def test_interval_is_respected_with_jitter(logs) -> None:
+    source = FakeSource()
+    poller, _ = make_poller([account("a", interval=0.1)], source, logs)
+    poller.start()
+    try:
+        await asyncio.sleep(1.05)
+    finally:
+        await poller.stop()
+    calls = source.calls["a"]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert 8 <= len(calls) <= 12
+    assert all(0.085 <= gap <= 0.13 for gap in gaps), gaps
+
+
+async def test_first_round_is_spread_over_the_startup_window(logs) -> None:
+    source = FakeSource()
+    accounts = [account(f"a{i}", interval=10, timeout=1) for i in range(50)]
+    poller, state = make_poller(accounts, source, logs, window=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    poller.start()
+    try:
+        await asyncio.sleep(0.45)
+    finally:
+        await poller.stop()
+    firsts = sorted(calls[0] - started for calls in source.calls.values())
+    assert len(firsts) == 50
+    assert state.ready
+    assert firsts[-1] <= 0.35
+    assert firsts[-1] - firsts[0] > 0.15  # spread out, not all at once
+
+
+async def test_stop_cancels_everything_quickly(logs) -> None:
+    source = FakeSource()
+    accounts = [account(f"h{i}", interval=5, timeout=5) for i in range(20)]
+    for a in accounts:
+        source.behaviour[a.name] = "hang"
+    poller, _ = make_poller(accounts, source, logs)
+    poller.start()
+    await asyncio.sleep(0.1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await poller.stop()
+    assert loop.time() - started < 0.5
+    assert all(count == 0 for count in source.in_flight.values())
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+async def test_every_reason_is_recorded(logs, reason: Reason) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = FetchError(reason, "x")
+    poller, state = make_poller([account("a")], source, logs)
+    await poller.poll_once(account("a"))
+    assert state.accounts["a"].errors == {reason: 1}

@@ -1,0 +1,133 @@
+"""HTTP endpoints of the exporter, with a scripted upstream behind the poller."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from test_poller import FakeSource, account
+
+from exporter import __version__
+from exporter.config import Config
+from exporter.model import FetchError, Reason
+from exporter.server import Settings, check_telemetry_path, create_app, parse_listen_address
+
+
+def app_with(source: FakeSource, logs, accounts, **settings):
+    config = Config(accounts=tuple(accounts))
+    factory = lambda _session: source  # noqa: E731
+    return create_app(config, logs.log, Settings(source_factory=factory, **settings))
+
+
+async def test_health_readiness_and_metrics(aiohttp_client, logs) -> None:
+    source = FakeSource()
+    source.behaviour["slow"] = 0.3
+    accounts = [account("fast", interval=5, timeout=1), account("slow", interval=5, timeout=1)]
+    client = await aiohttp_client(app_with(source, logs, accounts, startup_window=0.01))
+
+    healthy = await client.get("/-/healthy")
+    assert (healthy.status, await healthy.text()) == (200, "OK\n")
+    not_ready = await client.get("/-/ready")
+    assert not_ready.status == 503
+    assert "1 account" in await not_ready.text() or "2 account" in await not_ready.text()
+
+    for _ in range(100):
+        if (await client.get("/-/ready")).status == 200:
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.get("/-/ready")).status == 200
+
+    metrics = await client.get("/metrics")
+    assert metrics.status == 200
+    assert metrics.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    text = await metrics.text()
+    assert 'koodrive_space_used_bytes{account="fast"} 5000.0' in text
+    assert 'koodrive_space_capacity_bytes{account="slow"} 10000.0' in text
+    assert 'koodrive_up{account="slow"} 1.0' in text
+    assert "process_resident_memory_bytes" in text
+    assert "python_gc_objects_collected_total" in text
+
+
+async def test_scrapes_never_wait_for_a_hung_upstream(aiohttp_client, logs) -> None:
+    source = FakeSource()
+    source.behaviour["stuck"] = "hang"
+    client = await aiohttp_client(
+        app_with(source, logs, [account("stuck", interval=5, timeout=5)], startup_window=0.01)
+    )
+    await asyncio.sleep(0.1)
+    assert source.in_flight["stuck"] == 1
+    started = time.perf_counter()
+    for _ in range(20):
+        assert (await client.get("/metrics")).status == 200
+    assert time.perf_counter() - started < 1.0
+    assert (await client.get("/-/healthy")).status == 200
+    assert (await client.get("/-/ready")).status == 503
+
+
+async def test_landing_page(aiohttp_client, logs) -> None:
+    source = FakeSource()
+    source.behaviour["<b>down</b>"] = FetchError(Reason.AUTH, "HTTP 401")
+    accounts = [account("up-one", interval=5, timeout=1), account("<b>down</b>", interval=5)]
+    client = await aiohttp_client(
+        app_with(source, logs, accounts, startup_window=0.01, telemetry_path="/probe")
+    )
+    for _ in range(100):
+        if (await client.get("/-/ready")).status == 200:
+            break
+        await asyncio.sleep(0.02)
+    page = await (await client.get("/")).text()
+    assert __version__ in page
+    assert 'href="/probe"' in page
+    assert "up-one" in page
+    assert "50.0% of" in page  # 5000 of 10000 bytes
+    assert "&lt;b&gt;down&lt;/b&gt;" in page
+    assert "<b>down</b>" not in page
+    assert "down: auth" in page
+    assert (await client.get("/probe")).status == 200
+    assert (await client.get("/metrics")).status == 404
+
+
+async def test_wrong_methods_and_paths(aiohttp_client, logs) -> None:
+    client = await aiohttp_client(app_with(FakeSource(), logs, [account("a", interval=5)]))
+    assert (await client.post("/metrics")).status == 405
+    assert (await client.get("/nope")).status == 404
+    assert (await client.head("/metrics")).status == 200
+
+
+async def test_stopping_the_app_stops_every_poll(aiohttp_client, logs) -> None:
+    source = FakeSource()
+    accounts = [account(f"h{i}", interval=5, timeout=5) for i in range(5)]
+    for a in accounts:
+        source.behaviour[a.name] = "hang"
+    client = await aiohttp_client(app_with(source, logs, accounts, startup_window=0.01))
+    await asyncio.sleep(0.1)
+    assert sum(source.in_flight.values()) == 5
+    await client.close()
+    assert sum(source.in_flight.values()) == 0
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("poll:")]
+
+
+@pytest.mark.parametrize("path", ["metrics", "/", "/-/healthy", "/-/ready", "/a b"])
+def test_bad_telemetry_paths(path: str) -> None:
+    with pytest.raises(ValueError, match="telemetry-path"):
+        check_telemetry_path(path)
+
+
+@pytest.mark.parametrize(
+    ("address", "parsed"),
+    [
+        (":9877", (None, 9877)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:9877", ("::1", 9877)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
+def test_listen_addresses(address: str, parsed: tuple[str | None, int]) -> None:
+    assert parse_listen_address(address) == parsed
+
+
+@pytest.mark.parametrize("address", ["9877", "host:", "host:port", ":70000", ""])
+def test_bad_listen_addresses(address: str) -> None:
+    with pytest.raises(ValueError, match="listen address"):
+        parse_listen_address(address)

@@ -1,0 +1,177 @@
+"""The simulator enforces the documented auth rules, independently of the client."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import APP_ID, APP_SECRET, TOKEN, two_account_config
+
+from exporter.config import load_config
+from exporter.model import Usage
+from exporter.signing import AppCredentials, TokenCredentials, request_headers
+from exporter.simulator import DAY, Growth, Simulator, start_simulator
+
+PATH = "/koodrive/ose/v1/space/usage/overview"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def sim(tmp_path: Path) -> AsyncIterator[tuple[Simulator, str, Clock]]:
+    clock = Clock()
+    simulator = Simulator(
+        load_config(two_account_config("http://127.0.0.1:1", tmp_path)), clock=clock
+    )
+    runner, url = await start_simulator(simulator)
+    try:
+        yield simulator, url, clock
+    finally:
+        await runner.cleanup()
+
+
+def headers_for(url: str, *, now: float, app: bool = True, **overrides: str) -> dict[str, str]:
+    host = url.removeprefix("http://")
+    credentials = (
+        AppCredentials(app_id=APP_ID, app_secret=APP_SECRET) if app else TokenCredentials(TOKEN)
+    )
+    headers = request_headers(
+        credentials,
+        host=overrides.pop("sign_host", host),
+        user_id="1505084218764547200" if app else "1505084218764547201",
+        now=now,
+        trace_id=overrides.pop("trace_id", "T" * 58),
+        path=PATH,
+    )
+    headers["Host"] = host
+    headers.update(overrides)
+    return {k: v for k, v in headers.items() if v != "<drop>"}
+
+
+async def get(url: str, headers: dict[str, str]) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session, session.get(url + PATH, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def test_signed_and_token_requests_are_accepted(sim) -> None:
+    simulator, url, clock = sim
+    status, body = await get(url, headers_for(url, now=clock.now))
+    assert status == 200
+    assert body["code"] == 0
+    assert body["data"] == {
+        "totalAllocation": simulator.usage("acme").allocation_kb,
+        "totalCapacity": simulator.usage("acme").capacity_kb,
+        "totalUsed": simulator.usage("acme").used_kb,
+    }
+    status, _ = await get(url, headers_for(url, now=clock.now, app=False))
+    assert status == 200
+    assert simulator.outcomes["accepted"] == 2
+
+
+async def test_x_date_fourteen_minutes_old_is_accepted(sim) -> None:
+    _, url, clock = sim
+    assert (await get(url, headers_for(url, now=clock.now - 14 * 60)))[0] == 200
+
+
+REJECTIONS = {
+    "missing X-Date": ({"X-Date": "<drop>"}, 0, 400, "X-Date is required"),
+    "missing X-User-Id": ({"X-User-Id": "<drop>"}, 0, 400, "X-User-Id is required"),
+    "missing Authorization": ({"Authorization": "<drop>"}, 0, 400, "Authorization"),
+    "X-Date not basic ISO": ({"X-Date": "2024-09-09T03:33:25Z"}, 0, 400, "X-Date format"),
+    "X-Date impossible day": ({"X-Date": "20240231T000000Z"}, 0, 400, "X-Date format"),
+    "X-Date two seconds ahead": ({}, 2, 401, "later than the server time"),
+    "X-Date sixteen minutes old": ({}, -16 * 60, 401, "older than 15 minutes"),
+    "short trace id": ({"trace_id": "T" * 57}, 0, 400, "X-Traceid"),
+    "trace id with symbols": ({"trace_id": "-" * 58}, 0, 400, "X-Traceid"),
+    "unknown user": ({"X-User-Id": "999"}, 0, 401, "unknown X-User-Id"),
+    "host signed without port": ({"sign_host": "127.0.0.1"}, 0, 401, "signature mismatch"),
+    "forged signature": (
+        {
+            "Authorization": f"HMAC-SHA256 AppId={APP_ID},SignedHeaders=host;x-date;x-user-id,"
+            f"Signature={'0' * 64}"
+        },
+        0,
+        401,
+        "signature mismatch",
+    ),
+    "wrong AppId": (
+        {
+            "Authorization": "HMAC-SHA256 AppId=other,"
+            "SignedHeaders=host;x-date;x-user-id,Signature=0"
+        },
+        0,
+        401,
+        "unknown AppId",
+    ),
+    "too few signed headers": (
+        {"Authorization": f"HMAC-SHA256 AppId={APP_ID},SignedHeaders=x-date,Signature=0"},
+        0,
+        401,
+        "SignedHeaders",
+    ),
+    "bearer instead of HMAC": ({"Authorization": TOKEN}, 0, 401, "malformed Authorization"),
+}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shift", "status", "message"), REJECTIONS.values(), ids=REJECTIONS.keys()
+)
+async def test_rejections(sim, overrides: dict[str, str], shift: int, status: int, message: str):
+    simulator, url, clock = sim
+    got, body = await get(url, headers_for(url, now=clock.now + shift, **overrides))
+    assert got == status
+    assert message in str(body["msg"])
+    assert body["code"] == (13000102 if status == 400 else 401)
+    assert APP_SECRET not in str(body)
+    assert simulator.outcomes["accepted"] == 0
+
+
+async def test_wrong_token_is_rejected(sim) -> None:
+    _, url, clock = sim
+    headers = headers_for(url, now=clock.now, app=False, Authorization="Bearer+guess")
+    status, body = await get(url, headers)
+    assert (status, body["msg"]) == (401, "invalid access token")
+
+
+async def test_server_clock_offset_moves_the_window(sim) -> None:
+    simulator, url, clock = sim
+    simulator.clock_offset = -120  # server two minutes behind the client
+    status, body = await get(url, headers_for(url, now=clock.now))
+    assert (status, body["msg"]) == (401, "X-Date is later than the server time")
+    assert (await get(url, headers_for(url, now=clock.now - 121)))[0] == 200
+
+
+async def test_usage_grows_over_time_and_can_be_pinned(sim) -> None:
+    simulator, _, clock = sim
+    before = simulator.usage("acme")
+    clock.now += DAY
+    after = simulator.usage("acme")
+    assert after.capacity_kb == before.capacity_kb
+    growth = Growth.for_account("acme")
+    assert after.used_kb - before.used_kb == pytest.approx(growth.growth_kb_per_day, rel=0.05)
+    assert 0.005 * after.capacity_kb <= after.used_kb - before.used_kb <= 0.031 * after.capacity_kb
+    pinned = Usage(allocation_kb=1, capacity_kb=100, used_kb=95)
+    simulator.set_usage("acme", pinned)
+    clock.now += DAY
+    assert simulator.usage("acme") == pinned
+    with pytest.raises(KeyError):
+        simulator.set_usage("nobody", pinned)
+
+
+def test_growth_curves_differ_between_accounts_and_are_sane() -> None:
+    curves = [Growth.for_account(f"tenant-{i}") for i in range(200)]
+    assert len({c.capacity_kb for c in curves}) > 1
+    for curve in curves:
+        usage = curve.at(random.uniform(0, 30 * DAY))
+        assert 0 < usage.allocation_kb <= usage.capacity_kb
+        assert usage.used_kb > 0
