@@ -17,7 +17,14 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .demo import demo_config, point_at
 from .log import FORMATS, LEVELS, make_logger
-from .server import Settings, check_telemetry_path, create_app, parse_listen_address, serve
+from .server import (
+    Settings,
+    check_telemetry_path,
+    create_app,
+    parse_listen_address,
+    request_reload,
+    serve,
+)
 from .simulator import Simulator, start_simulator
 
 
@@ -79,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         default="/metrics",
         help="path under which to expose metrics (default: %(default)s)",
     )
+    parser.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="allow reloading the config with POST /-/reload (SIGHUP always does)",
+    )
     parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
     parser.add_argument(
         "--log.format",
@@ -130,8 +143,15 @@ async def _run(
     log.info(
         "starting", version=__version__, accounts=len(config.accounts), config_file=config.source
     )
-    app = create_app(config, log, Settings(telemetry_path=args.telemetry_path))
-    return await _serve(app, args.listen_address, log, _stop_event())
+    settings = Settings(
+        telemetry_path=args.telemetry_path,
+        config_file=args.config_file,
+        enable_lifecycle=args.enable_lifecycle,
+    )
+    app = create_app(config, log, settings)
+    stop = _stop_event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, request_reload, app)
+    return await _serve(app, args.listen_address, log, stop)
 
 
 async def _serve(

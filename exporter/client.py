@@ -17,6 +17,7 @@ import aiohttp
 from yarl import URL
 
 from . import __version__
+from .clock import SkewEstimator, parse_http_date, parse_retry_after
 from .config import AccountConfig
 from .credentials import CredentialStore
 from .model import FetchError, Reason, Usage, truncate
@@ -46,27 +47,45 @@ class KooDriveClient:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - trace ids need no secrecy
         self._targets: dict[str, tuple[URL, str, str]] = {}
+        # One estimate per upstream host: accounts on the same host share its clock.
+        self._skews: dict[str, SkewEstimator] = {}
 
     def new_trace_id(self) -> str:
         return new_trace_id(self._rng)
 
+    def clock_skew(self, account: AccountConfig) -> float | None:
+        """Server minus local clock for the account's upstream, once a `Date` was seen."""
+        estimator = self._skews.get(self._target(account.endpoint)[1])
+        return None if estimator is None else estimator.offset
+
+    def credentials_changed(self, account: AccountConfig) -> bool:
+        """Re-read the account's secret files now; True if what they hold has changed."""
+        return self._credentials.refresh(account)
+
     async def overview(self, account: AccountConfig, trace_id: str) -> Usage:
-        """GET the space usage overview of one account, signed afresh for this request."""
+        """GET the space usage overview of one account, signed afresh for this request.
+
+        X-Date is the local time corrected by the estimated server offset, minus a safety
+        margin, because the server refuses any X-Date later than its own clock.
+        """
         url, host, path = self._target(account.endpoint)
+        skew = self._skews.setdefault(host, SkewEstimator())
         headers = request_headers(
             self._credentials.credentials(account),
             host=host,
             user_id=account.user_id,
-            now=self._clock(),
+            now=self._clock() + (skew.offset or 0.0) - account.x_date_margin,
             trace_id=trace_id,
             language=account.language,
             path=path,
         )
         headers["Accept"] = "application/json"
         headers["User-Agent"] = USER_AGENT
-        status, body = await self._get(url, headers, account.timeout)
+        status, body, retry_after = await self._get(url, headers, account.timeout, skew)
         if status != 200:
-            raise _status_error(status, body)
+            error = _status_error(status, body)
+            error.retry_after = retry_after
+            raise error
         return parse_overview(body)
 
     def _target(self, endpoint: str) -> tuple[URL, str, str]:
@@ -75,7 +94,11 @@ class KooDriveClient:
             target = self._targets[endpoint] = target_of(endpoint, OVERVIEW_PATH)
         return target
 
-    async def _get(self, url: URL, headers: dict[str, str], limit: float) -> tuple[int, bytes]:
+    async def _get(
+        self, url: URL, headers: dict[str, str], limit: float, skew: SkewEstimator
+    ) -> tuple[int, bytes, float | None]:
+        """Status, capped body and Retry-After; feeds every response's `Date` to `skew`."""
+        sent_at = self._clock()
         try:
             async with self._session.get(
                 url,
@@ -83,7 +106,12 @@ class KooDriveClient:
                 timeout=aiohttp.ClientTimeout(total=limit),
                 allow_redirects=False,
             ) as response:
-                return response.status, await _read_capped(response)
+                received_at = self._clock()
+                server_date = parse_http_date(response.headers.get("Date"))
+                if server_date is not None:
+                    skew.observe(server_date, sent_at, received_at)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), received_at)
+                return response.status, await _read_capped(response), retry_after
         except TimeoutError:
             raise FetchError(Reason.TIMEOUT, f"no complete answer within {limit:g}s") from None
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:

@@ -25,8 +25,15 @@ BUILTIN_DEFAULTS: Mapping[str, Any] = {
     "timeout": "10s",
     "language": "en-US",
     "kilobyte": 1024,
+    "retries": 2,
+    "backoff": "1s",
+    "x_date_margin": "2s",
 }
-DEFAULT_KEYS = frozenset(BUILTIN_DEFAULTS)
+# stale_after has no fixed default: it is 3 x the account's own interval unless set.
+DEFAULT_KEYS = frozenset(BUILTIN_DEFAULTS) | {"stale_after"}
+STALE_INTERVALS = 3
+MAX_RETRIES = 10
+X_DATE_WINDOW = 15 * 60
 ACCOUNT_KEYS = DEFAULT_KEYS | {"name", "user_id", "auth"}
 APP_KEYS = frozenset({"app_id", "app_secret", "app_secret_file"})
 TOKEN_KEYS = frozenset({"token", "token_file"})
@@ -111,6 +118,14 @@ class AccountConfig:
     timeout: float = 10.0
     language: str = "en-US"
     kilobyte: int = 1024
+    retries: int = 2
+    backoff: float = 1.0
+    x_date_margin: float = 2.0
+    stale_after: float = 0.0  # 0: three intervals
+
+    @property
+    def stale_after_seconds(self) -> float:
+        return self.stale_after or STALE_INTERVALS * self.interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +302,13 @@ class _Checker:
                 f"must not exceed the interval ({merged['timeout']:g}s > {merged['interval']:g}s)",
             )
             return None
+        if merged.get("stale_after", merged["interval"]) < merged["interval"]:
+            self.error(
+                f"{path}.stale_after",
+                f"must be at least the interval ({merged['stale_after']:g}s < "
+                f"{merged['interval']:g}s)",
+            )
+            return None
         assert name is not None
         assert user_id is not None
         assert auth is not None
@@ -301,6 +323,10 @@ class _Checker:
             "timeout": self.positive_duration,
             "language": self.language,
             "kilobyte": self.kilobyte,
+            "retries": self.retries,
+            "backoff": self.positive_duration,
+            "x_date_margin": self.x_date_margin,
+            "stale_after": self.positive_duration,
         }
         for key, check in checks.items():
             if key in raw:
@@ -331,6 +357,15 @@ class _Checker:
         return text.rstrip("/")
 
     def positive_duration(self, path: str, raw: object) -> float | None:
+        return self.duration(path, raw, allow_zero=False)
+
+    def x_date_margin(self, path: str, raw: object) -> float | None:
+        # Half the X-Date window: a larger margin would leave too little room for skew.
+        return self.duration(path, raw, allow_zero=True, limit=X_DATE_WINDOW / 2)
+
+    def duration(
+        self, path: str, raw: object, *, allow_zero: bool, limit: float = float("inf")
+    ) -> float | None:
         raw = self.expand(path, raw)
         if raw is None:
             return None
@@ -339,10 +374,22 @@ class _Checker:
         except ValueError as exc:
             self.error(path, str(exc))
             return None
-        if not seconds > 0 or seconds == float("inf"):
-            self.error(path, f"must be a positive duration (got {raw!r})")
+        low_ok = seconds >= 0 if allow_zero else seconds > 0
+        if not (low_ok and seconds < limit):
+            kind = "non-negative" if allow_zero else "positive"
+            bound = f" below {limit:g}s" if limit != float("inf") else ""
+            self.error(path, f"must be a {kind} duration{bound} (got {raw!r})")
             return None
         return seconds
+
+    def retries(self, path: str, raw: object) -> int | None:
+        raw = self.expand(path, raw)
+        if isinstance(raw, str) and raw.strip().isdigit():
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_RETRIES:
+            self.error(path, f"must be a whole number from 0 to {MAX_RETRIES} (got {raw!r})")
+            return None
+        return raw
 
     def language(self, path: str, raw: object) -> str | None:
         text = self.required_string(path, raw)

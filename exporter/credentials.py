@@ -35,8 +35,22 @@ class CredentialStore:
             return AppCredentials(app_id=auth.app_id, app_secret=self._secret(auth.secret))
         return TokenCredentials(token=self._secret(auth.token))
 
-    def forget(self, path: Path) -> None:
-        self._files.pop(path, None)
+    def refresh(self, account: AccountConfig) -> bool:
+        """Re-read the account's secret file even if it looks unchanged; True if it changed.
+
+        Called after an auth failure: a rotated secret may have been written in place
+        within the file system's timestamp granularity, which the stat check cannot see.
+        """
+        auth = account.auth
+        ref = auth.secret if isinstance(auth, AppAuth) else auth.token
+        if ref.path is None:
+            return False
+        before = self._files.pop(ref.path, None)
+        try:
+            after = self._secret(ref)
+        except FetchError:
+            return False
+        return before is None or before.value != after
 
     def _secret(self, ref: SecretRef) -> str:
         if ref.value is not None:

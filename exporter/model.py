@@ -47,12 +47,26 @@ class FetchError(Exception):
         *,
         status: int | None = None,
         api_code: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.reason = reason
         self.detail = truncate(detail)
         self.status = status
         self.api_code = api_code
+        # Seconds the upstream asked us to wait (Retry-After), already converted from a date.
+        self.retry_after = retry_after
         super().__init__(f"{reason}: {self.detail}")
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying within the interval: the next attempt may well succeed.
+
+        Auth, API and parse errors are not: repeating the same request gets the same answer
+        and only hammers the upstream.
+        """
+        if self.reason is Reason.HTTP_ERROR:
+            return self.status is not None and self.status >= 500
+        return self.reason in (Reason.TIMEOUT, Reason.CONNECTION, Reason.RATE_LIMITED)
 
 
 def truncate(text: str, limit: int = DETAIL_LIMIT) -> str:
@@ -101,6 +115,14 @@ class Snapshot:
     usage: UsageBytes | None = None
     reason: Reason | None = None
     detail: str = ""
+    # Every failed attempt of this poll, retries included (the last one is `reason` if the
+    # poll failed): each is counted in koodrive_poll_errors_total.
+    failures: tuple[Reason, ...] = ()
+    attempts: int = 1
+    # Server minus local clock as estimated after this poll; None before any `Date` header.
+    clock_skew: float | None = None
+    # Seconds the upstream asked to be left alone after this poll (Retry-After).
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -2,8 +2,8 @@
 
 Polling on a timer, not on scrape, keeps HA Prometheus pairs and probes from multiplying
 upstream calls, and keeps every scrape independent of the network (design.md). Each account
-awaits its own poll before scheduling the next, so two polls of one account never overlap,
-and a hung account only ever delays itself.
+awaits its own poll, retries included, before scheduling the next, so two polls of one
+account never overlap, and a hung account only ever delays itself.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ class OverviewSource(Protocol):
 
     async def overview(self, account: AccountConfig, trace_id: str) -> Usage: ...
 
+    def credentials_changed(self, account: AccountConfig) -> bool: ...
+
+    def clock_skew(self, account: AccountConfig) -> float | None: ...
+
 
 def first_delay(rng: random.Random, interval: float, window: float = STARTUP_WINDOW) -> float:
     return rng.uniform(0.0, min(window, interval))
@@ -42,6 +46,11 @@ def first_delay(rng: random.Random, interval: float, window: float = STARTUP_WIN
 def next_delay(rng: random.Random, interval: float, jitter: float = JITTER) -> float:
     """The interval with ±jitter, so accounts started together drift apart."""
     return interval * rng.uniform(1.0 - jitter, 1.0 + jitter)
+
+
+def backoff_delay(rng: random.Random, base: float, retry: int, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform over [0, min(cap, base * 2**retry)]."""
+    return rng.uniform(0.0, min(cap, base * 2.0**retry))
 
 
 class Poller:
@@ -57,7 +66,7 @@ class Poller:
         timeout_grace: float = TIMEOUT_GRACE,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._accounts = tuple(accounts)
+        self._accounts = {account.name: account for account in accounts}
         self._source = source
         self._state = state
         self._log = log
@@ -65,66 +74,149 @@ class Poller:
         self._startup_window = startup_window
         self._timeout_grace = timeout_grace
         self._wall_clock = wall_clock
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
-        for account in self._accounts:
-            task = asyncio.create_task(self._run(account), name=f"poll:{account.name}")
-            self._tasks.append(task)
+        for account in self._accounts.values():
+            self._start(account)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        await self._cancel(list(self._tasks))
+
+    async def update(self, accounts: Iterable[AccountConfig]) -> tuple[int, int, int]:
+        """Adopt a reloaded account list; returns (added, removed, changed).
+
+        Unchanged accounts keep their loop and their data; changed ones restart their loop
+        (keeping their last values until the new config has polled); removed ones stop.
+        """
+        new = {account.name: account for account in accounts}
+        removed = [name for name in self._accounts if name not in new]
+        changed = [n for n, a in new.items() if n in self._accounts and self._accounts[n] != a]
+        added = [name for name in new if name not in self._accounts]
+        await self._cancel(removed + changed)
+        self._accounts = new
+        self._state.set_accounts(new.values())
+        for name in added + changed:
+            self._start(new[name])
+        return len(added), len(removed), len(changed)
+
+    def _start(self, account: AccountConfig) -> None:
+        self._tasks[account.name] = asyncio.create_task(
+            self._run(account), name=f"poll:{account.name}"
+        )
+
+    async def _cancel(self, names: list[str]) -> None:
+        tasks = [self._tasks.pop(name) for name in names if name in self._tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, account: AccountConfig) -> None:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(first_delay(self._rng, account.interval, self._startup_window))
         while True:
             started = loop.time()
-            await self.poll_once(account)
+            snapshot = await self.poll_once(account)
             due = started + next_delay(self._rng, account.interval)
+            if snapshot.retry_after is not None:  # never undercut the upstream's wish
+                due = max(due, loop.time() + snapshot.retry_after)
             await asyncio.sleep(max(0.0, due - loop.time()))
 
     async def poll_once(self, account: AccountConfig) -> Snapshot:
-        """Poll one account, record the outcome and log one line; never raises (but cancel)."""
-        trace_id = self._source.new_trace_id()
+        """Poll one account, with retries inside its interval; never raises (but cancel).
+
+        Transient failures are retried with exponential backoff and full jitter, waiting
+        at least as long as any Retry-After, and only while the retry still fits in the
+        interval. Auth failures are retried once, at once, and only if the secret file
+        changed (a rotation the stat check had not yet seen); otherwise they wait for the
+        next interval, as hammering a refused credential helps nobody.
+        """
+        loop = asyncio.get_running_loop()
         started_at = self._wall_clock()
         t0 = time.perf_counter()
+        budget_end = loop.time() + account.interval
+        failures: list[Reason] = []
+        error: FetchError | None = None
         usage: Usage | None = None
-        reason: Reason | None = None
-        detail = ""
-        try:
-            async with asyncio.timeout(account.timeout + self._timeout_grace):
-                usage = await self._source.overview(account, trace_id)
-        except FetchError as exc:
-            reason, detail = exc.reason, exc.detail
-        except TimeoutError:
-            reason, detail = Reason.TIMEOUT, f"poll exceeded {account.timeout:g}s"
-        except Exception as exc:
-            # Only the type: an unexpected exception's text is not known to be free of secrets.
-            reason, detail = Reason.INTERNAL, f"unexpected {type(exc).__name__}"
-            self._log.exception("poll_internal_error", account=account.name, trace_id=trace_id)
-        duration = time.perf_counter() - t0
+        retries = 0
+        rotation_retried = False
+        trace_id = ""
+        while True:
+            trace_id = self._source.new_trace_id()
+            try:
+                usage = await self._attempt(account, trace_id)
+            except FetchError as exc:
+                error = exc
+            else:
+                error = None
+                break
+            failures.append(error.reason)
+            if error.reason is Reason.AUTH and not rotation_retried:
+                rotation_retried = True
+                if self._source.credentials_changed(account):
+                    self._log_attempt(account, trace_id, error, 0.0, "secret file changed")
+                    continue
+            if not error.transient or retries >= account.retries:
+                break
+            delay = backoff_delay(self._rng, account.backoff, retries, account.interval / 2)
+            if error.retry_after is not None:
+                delay = max(delay, error.retry_after)
+            if loop.time() + delay + account.timeout > budget_end:
+                break  # the retry would run into the next scheduled poll
+            self._log_attempt(account, trace_id, error, delay, "retrying")
+            retries += 1
+            await asyncio.sleep(delay)
+
         snapshot = Snapshot(
             account=account.name,
             started_at=started_at,
-            duration=duration,
+            duration=time.perf_counter() - t0,
             trace_id=trace_id,
             usage=usage.in_bytes(account.kilobyte) if usage is not None else None,
-            reason=reason,
-            detail=detail,
+            reason=error.reason if error else None,
+            detail=error.detail if error else "",
+            failures=tuple(failures),
+            attempts=len(failures) + (0 if error else 1),
+            clock_skew=self._source.clock_skew(account),
+            retry_after=error.retry_after if error else None,
         )
         self._state.record(snapshot)
         self._log_poll(snapshot)
         return snapshot
+
+    async def _attempt(self, account: AccountConfig, trace_id: str) -> Usage:
+        """One request, with every failure turned into a FetchError."""
+        try:
+            async with asyncio.timeout(account.timeout + self._timeout_grace):
+                return await self._source.overview(account, trace_id)
+        except FetchError:
+            raise
+        except TimeoutError:
+            raise FetchError(Reason.TIMEOUT, f"poll exceeded {account.timeout:g}s") from None
+        except Exception as exc:
+            self._log.exception("poll_internal_error", account=account.name, trace_id=trace_id)
+            # Only the type: an unexpected exception's text is not known to be free of secrets.
+            raise FetchError(Reason.INTERNAL, f"unexpected {type(exc).__name__}") from None
+
+    def _log_attempt(
+        self, account: AccountConfig, trace_id: str, error: FetchError, delay: float, action: str
+    ) -> None:
+        self._log.debug(
+            "poll_attempt_failed",
+            account=account.name,
+            trace_id=trace_id,
+            reason=str(error.reason),
+            detail=error.detail,
+            action=action,
+            retry_in_s=round(delay, 3),
+        )
 
     def _log_poll(self, snapshot: Snapshot) -> None:
         fields: dict[str, object] = {
             "account": snapshot.account,
             "trace_id": snapshot.trace_id,
             "duration_ms": round(snapshot.duration * 1000, 1),
+            "attempts": snapshot.attempts,
         }
         if snapshot.usage is not None:
             self._log.info(

@@ -11,7 +11,7 @@ import html
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
@@ -23,7 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 from . import __version__
 from .client import USER_AGENT, KooDriveClient
 from .collector import KooDriveCollector
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .credentials import CredentialStore
 from .poller import STARTUP_WINDOW, OverviewSource, Poller
 from .state import AccountState, ExporterState
@@ -38,16 +38,29 @@ CONNECTION_LIMIT = 100
 class Settings:
     telemetry_path: str = "/metrics"
     startup_window: float = STARTUP_WINDOW
+    # The file reloads read; None (demo, tests) means reloading is not possible.
+    config_file: str | None = None
+    # Allow POST /-/reload (SIGHUP always works), as Prometheus' --web.enable-lifecycle.
+    enable_lifecycle: bool = False
     # Tests swap the real client for a fake; None means the real KooDrive client.
     source_factory: Callable[[aiohttp.ClientSession], OverviewSource] | None = None
 
 
-CONFIG = web.AppKey("config", Config)
+@dataclass(slots=True)
+class Runtime:
+    """The mutable part of a running app (an aiohttp app is frozen once started)."""
+
+    config: Config
+    poller: Poller | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    background: set[asyncio.Task[object]] = field(default_factory=set)
+
+
 SETTINGS = web.AppKey("settings", Settings)
+RUNTIME = web.AppKey("runtime", Runtime)
 STATE = web.AppKey("state", ExporterState)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 LOG = web.AppKey("log", structlog.typing.FilteringBoundLogger)
-STARTED = web.AppKey("started", float)
 
 
 def create_app(
@@ -57,25 +70,65 @@ def create_app(
 ) -> web.Application:
     settings = settings or Settings()
     check_telemetry_path(settings.telemetry_path)
-    state = ExporterState(account.name for account in config.accounts)
+    state = ExporterState(config.accounts, loaded_at=time.time())
     registry = CollectorRegistry(auto_describe=False)
     registry.register(KooDriveCollector(state))
     ProcessCollector(registry=registry)
     GCCollector(registry=registry)
 
     app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
-    app[CONFIG] = config
     app[SETTINGS] = settings
+    app[RUNTIME] = Runtime(config=config)
     app[STATE] = state
     app[REGISTRY] = registry
     app[LOG] = log
-    app[STARTED] = time.time()
     app.cleanup_ctx.append(_polling)
     app.router.add_get(settings.telemetry_path, _metrics)
     app.router.add_get("/", _index)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
+    app.router.add_post("/-/reload", _reload)
     return app
+
+
+async def reload_config(app: web.Application) -> tuple[bool, str]:
+    """Re-read the config file and adopt it; on any error keep running the old one."""
+    runtime, state, log = app[RUNTIME], app[STATE], app[LOG]
+    path = app[SETTINGS].config_file
+    async with runtime.reload_lock:
+        if path is None or runtime.poller is None:
+            log.warning("reload_ignored", why="no config file (demo mode) or not running")
+            return False, "nothing to reload: no config file (demo mode) or not running"
+        try:
+            config = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            state.reload.successful = False
+            log.error("reload_failed", config_file=path, errors=exc.errors)
+            return False, "\n".join(exc.errors)
+        added, removed, changed = await runtime.poller.update(config.accounts)
+        runtime.config = config
+        state.reload.successful = True
+        state.reload.last_success = time.time()
+        log.info(
+            "reloaded",
+            config_file=path,
+            accounts=len(config.accounts),
+            added=added,
+            removed=removed,
+            changed=changed,
+        )
+        return (
+            True,
+            f"{len(config.accounts)} accounts: {added} added, {removed} removed, {changed} changed",
+        )
+
+
+def request_reload(app: web.Application) -> None:
+    """Start a reload from a signal handler, keeping a reference so the task is not lost."""
+    runtime = app[RUNTIME]
+    task: asyncio.Task[object] = asyncio.create_task(reload_config(app))
+    runtime.background.add(task)
+    task.add_done_callback(runtime.background.discard)
 
 
 def check_telemetry_path(path: str) -> None:
@@ -96,8 +149,9 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
         source = settings.source_factory(session)
     else:
         source = KooDriveClient(session, CredentialStore())
+    runtime = app[RUNTIME]
     poller = Poller(
-        app[CONFIG].accounts,
+        runtime.config.accounts,
         source,
         app[STATE],
         app[LOG],
@@ -105,9 +159,14 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
         startup_window=settings.startup_window,
     )
     poller.start()
+    runtime.poller = poller
     try:
         yield
     finally:
+        runtime.poller = None
+        for task in list(runtime.background):
+            task.cancel()
+        await asyncio.gather(*runtime.background, return_exceptions=True)
         await poller.stop()
         await session.close()
 
@@ -115,6 +174,13 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+
+async def _reload(request: web.Request) -> web.Response:
+    if not request.app[SETTINGS].enable_lifecycle:
+        return web.Response(status=403, text="Lifecycle API is not enabled.\n")
+    ok, message = await reload_config(request.app)
+    return web.Response(status=200 if ok else 500, text=message + "\n")
 
 
 async def _healthy(_: web.Request) -> web.Response:
@@ -125,8 +191,9 @@ async def _ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.ready:
         return web.Response(text="ready\n")
-    waiting = sum(1 for account in state.accounts.values() if account.last is None)
-    return web.Response(status=503, text=f"waiting for the first poll of {waiting} account(s)\n")
+    return web.Response(
+        status=503, text=f"waiting for the first poll of {state.waiting()} account(s)\n"
+    )
 
 
 async def _index(request: web.Request) -> web.Response:

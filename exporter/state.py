@@ -10,6 +10,7 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .config import AccountConfig
 from .model import Reason, Snapshot
 
 # Poll latencies of a SaaS API: tens of milliseconds when healthy, up to the timeout when not.
@@ -18,6 +19,7 @@ DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 @dataclass(slots=True)
 class AccountState:
+    stale_after: float
     last: Snapshot | None = None
     last_success: Snapshot | None = None
     errors: dict[Reason, int] = field(default_factory=dict)
@@ -45,28 +47,54 @@ class DurationHistogram:
         return out
 
 
-class ExporterState:
-    """Per-account outcomes, error counters and the poll-duration histogram."""
+@dataclass(slots=True)
+class ReloadStatus:
+    successful: bool = True
+    last_success: float = 0.0
 
-    def __init__(self, accounts: Iterable[str]) -> None:
-        self.accounts: dict[str, AccountState] = {name: AccountState() for name in accounts}
+
+class ExporterState:
+    """Per-account outcomes, error counters, the poll-duration histogram, reload status."""
+
+    def __init__(self, accounts: Iterable[AccountConfig], loaded_at: float = 0.0) -> None:
+        self.accounts: dict[str, AccountState] = {}
         self.poll_duration = DurationHistogram()
-        self._pending = len(self.accounts)
+        self.reload = ReloadStatus(last_success=loaded_at)
+        self._ever_ready = False
+        self.set_accounts(accounts)
+
+    def set_accounts(self, accounts: Iterable[AccountConfig]) -> None:
+        """Adopt a new account list: keep what is known of accounts that stay, drop the rest."""
+        fresh: dict[str, AccountState] = {}
+        for account in accounts:
+            state = self.accounts.get(account.name)
+            if state is None:
+                state = AccountState(stale_after=account.stale_after_seconds)
+            state.stale_after = account.stale_after_seconds
+            fresh[account.name] = state
+        self.accounts = fresh
 
     def record(self, snapshot: Snapshot) -> None:
         state = self.accounts.get(snapshot.account)
         if state is None:  # the account was removed while its poll was in flight
             return
-        if state.last is None:
-            self._pending -= 1
         state.last = snapshot
         if snapshot.reason is None:
             state.last_success = snapshot
-        else:
-            state.errors[snapshot.reason] = state.errors.get(snapshot.reason, 0) + 1
+        for reason in snapshot.failures:
+            state.errors[reason] = state.errors.get(reason, 0) + 1
         self.poll_duration.observe(snapshot.duration)
 
     @property
     def ready(self) -> bool:
-        """True once every account has finished its first poll, successful or not."""
-        return self._pending == 0
+        """True once every account has finished its first poll, successful or not.
+
+        It stays true afterwards: an account added by a reload must not take a serving
+        replica out of its Service while that account's first poll runs.
+        """
+        if not self._ever_ready:
+            self._ever_ready = all(a.last is not None for a in self.accounts.values())
+        return self._ever_ready
+
+    def waiting(self) -> int:
+        return sum(1 for account in self.accounts.values() if account.last is None)

@@ -8,14 +8,28 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import __version__
 from exporter.collector import KooDriveCollector
+from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.model import Reason, Snapshot, UsageBytes
 from exporter.state import ExporterState
 
 
-def registry_for(state: ExporterState) -> CollectorRegistry:
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def registry_for(state: ExporterState, clock: Clock | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(KooDriveCollector(state))
+    registry.register(KooDriveCollector(state, clock or Clock(1700000001.0)))
     return registry
+
+
+def accounts(*names: str, interval: float = 60.0) -> list[AccountConfig]:
+    token = TokenAuth(token=SecretRef(key="token", value=Secret("t")))
+    return [AccountConfig(name=n, user_id=n, auth=token, interval=interval) for n in names]
 
 
 def ok(account: str, at: float, used: int, duration: float = 0.2) -> Snapshot:
@@ -24,11 +38,11 @@ def ok(account: str, at: float, used: int, duration: float = 0.2) -> Snapshot:
 
 
 def failed(account: str, reason: Reason, at: float = 0.0, duration: float = 3.0) -> Snapshot:
-    return Snapshot(account, at, duration, "t", reason=reason, detail="x")
+    return Snapshot(account, at, duration, "t", reason=reason, detail="x", failures=(reason,))
 
 
 def test_nothing_per_account_before_the_first_poll() -> None:
-    registry = registry_for(ExporterState(["a"]))
+    registry = registry_for(ExporterState(accounts("a")))
     assert registry.get_sample_value("koodrive_up", {"account": "a"}) is None
     assert registry.get_sample_value("koodrive_space_used_bytes", {"account": "a"}) is None
     assert registry.get_sample_value("koodrive_poll_duration_seconds_count") == 0
@@ -37,7 +51,7 @@ def test_nothing_per_account_before_the_first_poll() -> None:
 
 
 def test_success_then_failure_keeps_values_and_reports_down() -> None:
-    state = ExporterState(["a", "b"])
+    state = ExporterState(accounts("a", "b"))
     registry = registry_for(state)
     state.record(ok("a", at=1700000000.5, used=1200))
     state.record(failed("b", Reason.AUTH))
@@ -62,7 +76,7 @@ def test_success_then_failure_keeps_values_and_reports_down() -> None:
 
 
 def test_poll_duration_histogram_buckets() -> None:
-    state = ExporterState(["a"])
+    state = ExporterState(accounts("a"))
     registry = registry_for(state)
     for duration in (0.01, 0.1, 0.1, 0.7, 45.0):
         state.record(ok("a", at=1.0, used=1, duration=duration))
@@ -77,7 +91,7 @@ def test_poll_duration_histogram_buckets() -> None:
 
 
 def test_exposition_has_help_types_no_timestamps_and_escaped_labels() -> None:
-    state = ExporterState(['we"ird\\name\n'])
+    state = ExporterState(accounts('we"ird\\name\n'))
     state.record(ok('we"ird\\name\n', at=5.0, used=7))
     text = generate_latest(registry_for(state)).decode()
     assert 'account="we\\"ird\\\\name\\n"' in text

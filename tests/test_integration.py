@@ -58,7 +58,8 @@ async def test_both_auth_kinds_are_up_with_exact_values(simulated, aiohttp_clien
     assert len({a.trace_id for a in accepted}) == len(accepted)
     for request in accepted:
         signed_at = calendar.timegm(time.strptime(request.x_date, "%Y%m%dT%H%M%SZ"))
-        assert 0 <= request.server_time - signed_at < 2, request
+        # Never later than the server clock; at most the 2 s margin + 1 s truncation earlier.
+        assert 0 <= request.server_time - signed_at < 3.5, request
 
     check = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False

@@ -15,7 +15,9 @@ from exporter.poller import JITTER, Poller, first_delay, next_delay
 from exporter.state import ExporterState
 
 
-def account(name: str, interval: float = 0.1, timeout: float = 0.05) -> AccountConfig:
+def account(
+    name: str, interval: float = 0.1, timeout: float = 0.05, retries: int = 0, backoff: float = 1
+) -> AccountConfig:
     return AccountConfig(
         name=name,
         user_id=name,
@@ -24,6 +26,8 @@ def account(name: str, interval: float = 0.1, timeout: float = 0.05) -> AccountC
         interval=interval,
         timeout=timeout,
         kilobyte=1000,
+        retries=retries,
+        backoff=backoff,
     )
 
 
@@ -35,7 +39,19 @@ class FakeSource:
         self.calls: dict[str, list[float]] = defaultdict(list)
         self.in_flight: dict[str, int] = defaultdict(int)
         self.max_in_flight: dict[str, int] = defaultdict(int)
+        self.rotated: set[str] = set()  # accounts whose secret "changes" at the next check
+        self.skew: float | None = None
         self._ids = 0
+
+    def credentials_changed(self, account: AccountConfig) -> bool:
+        if account.name in self.rotated:
+            self.rotated.discard(account.name)
+            self.behaviour.pop(account.name, None)
+            return True
+        return False
+
+    def clock_skew(self, account: AccountConfig) -> float | None:
+        return self.skew
 
     def new_trace_id(self) -> str:
         self._ids += 1
@@ -52,6 +68,8 @@ class FakeSource:
                 await asyncio.sleep(3600)
             if isinstance(what, float):
                 await asyncio.sleep(what)
+            if isinstance(what, list):  # a script of outcomes, one per call
+                what = what.pop(0) if what else "ok"
             if isinstance(what, BaseException):
                 raise what
             return Usage(allocation_kb=1, capacity_kb=10, used_kb=5)
@@ -60,7 +78,7 @@ class FakeSource:
 
 
 def make_poller(accounts, source, logs, state=None, window=0.01) -> tuple[Poller, ExporterState]:
-    state = state or ExporterState(a.name for a in accounts)
+    state = state or ExporterState(accounts)
     poller = Poller(accounts, source, state, logs.log, rng=random.Random(3), startup_window=window)
     return poller, state
 
@@ -134,7 +152,7 @@ async def test_unexpected_exception_is_internal_and_does_not_kill_the_loop(logs)
 async def test_outer_guard_times_out_a_source_that_ignores_its_timeout(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = "hang"
-    state = ExporterState(["a"])
+    state = ExporterState([account("a")])
     poller = Poller([account("a")], source, state, logs.log, timeout_grace=0.05)
     snapshot = await asyncio.wait_for(poller.poll_once(account("a", timeout=0.05)), 2)
     assert snapshot.reason is Reason.TIMEOUT
