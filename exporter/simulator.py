@@ -12,15 +12,21 @@ Auth-failure body codes are not documented; the simulator answers HTTP 400 with 
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import dataclasses
 import hashlib
 import hmac
 import math
 import re
+import socket
+import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import formatdate
+from enum import StrEnum
 from urllib.parse import quote
 
 from aiohttp import web
@@ -84,8 +90,57 @@ class Reject(Exception):
         super().__init__(msg)
 
 
+class FaultKind(StrEnum):
+    """Ways a real upstream misbehaves; each maps to one `reason` on the exporter side."""
+
+    LATENCY = "latency"  # answer after `seconds`
+    HANG = "hang"  # never answer (until the client gives up)
+    HTTP_5XX = "http_5xx"  # `status`, default 500
+    RATE_LIMIT = "rate_limit"  # 429 with Retry-After: `retry_after`
+    MALFORMED_JSON = "malformed_json"
+    WRONG_TYPES = "wrong_types"
+    MISSING_FIELDS = "missing_fields"
+    API_ERROR = "api_error"  # HTTP 200 with non-zero `code`
+    HUGE_BODY = "huge_body"  # 10 MiB, streamed without a Content-Length
+    RESET = "reset"  # TCP reset instead of an answer
+    CLOCK_OFFSET = "clock_offset"  # this account's server clock is off by `seconds`
+    EXPIRED_TOKEN = "expired_token"  # noqa: S105 - a fault's name, not a credential
+    WRONG_SIGNATURE = "wrong_signature"
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: FaultKind
+    seconds: float = 0.0
+    status: int = 500
+    retry_after: str = "1"
+    code: int = 13000201
+
+    @classmethod
+    def from_json(cls, document: object) -> Fault:
+        if not isinstance(document, dict) or "kind" not in document:
+            raise ValueError('expected {"kind": ..., optional seconds/status/retry_after/code}')
+        unknown = set(document) - {"kind", "seconds", "status", "retry_after", "code"}
+        if unknown:
+            raise ValueError(f"unknown keys: {sorted(unknown)}")
+        return cls(
+            kind=FaultKind(document["kind"]),
+            seconds=float(document.get("seconds", 0.0)),
+            status=int(document.get("status", 500)),
+            retry_after=str(document.get("retry_after", "1")),
+            code=int(document.get("code", 13000201)),
+        )
+
+
+HUGE_BODY_BYTES = 10 * 1024 * 1024
+
+
 class Simulator:
-    """In-process fake KooDrive; `app()` serves it, the other methods steer it from tests."""
+    """In-process fake KooDrive; `app()` serves it, the other methods steer it.
+
+    Tests steer it directly; other processes use the admin API under `/-/sim/` (list
+    accounts, pin usage, switch faults), which the simulator serves on the same port.
+    """
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -96,6 +151,7 @@ class Simulator:
             self._by_user.setdefault(account.user_id, []).append(account)
         self._growth = {a.name: Growth.for_account(a.name) for a in config.accounts}
         self._fixed: dict[str, Usage] = {}
+        self._faults: dict[str, Fault] = {}
         self.clock_offset = 0.0
         self.outcomes: Counter[str] = Counter()
         # Recently accepted requests, for tests that check every X-Date was fresh.
@@ -104,6 +160,10 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(OVERVIEW_PATH, self._overview)
+        app.router.add_get("/-/sim/accounts", self._admin_list)
+        app.router.add_put("/-/sim/accounts/{name}/usage", self._admin_usage)
+        app.router.add_put("/-/sim/accounts/{name}/fault", self._admin_fault)
+        app.router.add_delete("/-/sim/accounts/{name}/fault", self._admin_fault)
         return app
 
     def usage(self, name: str) -> Usage:
@@ -118,15 +178,39 @@ class Simulator:
             raise KeyError(name)
         self._fixed[name] = usage
 
-    def server_now(self) -> float:
-        return self._clock() + self.clock_offset
+    def set_fault(self, name: str, fault: Fault | None) -> None:
+        """Make an account's answers misbehave, or (None) behave again."""
+        if name not in self._growth:
+            raise KeyError(name)
+        if fault is None:
+            self._faults.pop(name, None)
+        else:
+            self._faults[name] = fault
 
-    async def _overview(self, request: web.Request) -> web.Response:
+    def server_now(self, account: str | None = None) -> float:
+        fault = self._faults.get(account) if account else None
+        offset = fault.seconds if fault and fault.kind is FaultKind.CLOCK_OFFSET else 0.0
+        return self._clock() + self.clock_offset + offset
+
+    async def _overview(self, request: web.Request) -> web.StreamResponse:
+        candidates = self._by_user.get(request.headers.get("X-User-Id", ""), [])
+        # A server has one clock: the account's clock-offset fault applies before auth.
+        clock_of = candidates[0].name if candidates else None
+        date = {"Date": formatdate(self.server_now(clock_of), usegmt=True)}
         try:
-            account = self._authenticate(request)
+            account = self._authenticate(request, candidates, self.server_now(clock_of))
+            fault = self._faults.get(account.name)
+            if fault is not None and fault.kind is FaultKind.EXPIRED_TOKEN:
+                raise Reject(401, 401, "access token expired")
+            if fault is not None and fault.kind is FaultKind.WRONG_SIGNATURE:
+                raise Reject(401, 401, "signature mismatch")
         except Reject as exc:
             self.outcomes[f"rejected:{exc.status}"] += 1
-            return web.json_response({"code": exc.code, "msg": exc.msg}, status=exc.status)
+            body = {"code": exc.code, "msg": exc.msg}
+            return web.json_response(body, status=exc.status, headers=date)
+        if fault is not None and fault.kind is not FaultKind.CLOCK_OFFSET:
+            self.outcomes[f"fault:{fault.kind}"] += 1
+            return await self._misbehave(request, account.name, fault, date)
         usage = self.usage(account.name)
         self.outcomes["accepted"] += 1
         self.accepted.append(
@@ -134,22 +218,88 @@ class Simulator:
                 account=account.name,
                 x_date=request.headers["X-Date"],
                 trace_id=request.headers.get("X-Traceid", ""),
-                server_time=self.server_now(),
+                server_time=self.server_now(account.name),
             )
         )
-        return web.json_response(
-            {
-                "data": {
-                    "totalAllocation": usage.allocation_kb,
-                    "totalCapacity": usage.capacity_kb,
-                    "totalUsed": usage.used_kb,
-                },
-                "code": 0,
-                "msg": "success",
-            }
-        )
+        return web.json_response(_usage_body(usage), headers=date)
 
-    def _authenticate(self, request: web.Request) -> AccountConfig:
+    async def _misbehave(
+        self, request: web.Request, name: str, fault: Fault, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        kind = fault.kind
+        if kind is FaultKind.LATENCY:
+            await _sleep_while_connected(request, fault.seconds)
+            return web.json_response(_usage_body(self.usage(name)), headers=headers)
+        if kind is FaultKind.HANG:
+            await _sleep_while_connected(request, 3600.0)
+            return web.Response(status=504, headers=headers)
+        if kind is FaultKind.RESET:
+            _reset(request)
+            return web.Response(status=500)
+        if kind is FaultKind.HUGE_BODY:
+            return await _stream_huge(request, headers)
+        body: object
+        status = 200
+        if kind is FaultKind.HTTP_5XX:
+            status, body = fault.status, {"code": fault.code, "msg": "inner server invoke failure"}
+        elif kind is FaultKind.RATE_LIMIT:
+            status, body = 429, {"code": 429, "msg": "too many requests"}
+            headers = {**headers, "Retry-After": fault.retry_after}
+        elif kind is FaultKind.API_ERROR:
+            body = {"code": fault.code, "msg": "space missing or abnormal state"}
+        elif kind is FaultKind.MALFORMED_JSON:
+            return web.Response(
+                body=b'{"code":0,"msg":"success","data":{"totalAlloca',
+                content_type="application/json",
+                headers=headers,
+            )
+        elif kind is FaultKind.WRONG_TYPES:
+            body = {
+                "code": 0,
+                "data": {"totalAllocation": [1], "totalCapacity": True, "totalUsed": {"kb": 1}},
+            }
+        else:  # MISSING_FIELDS
+            body = {"code": 0, "msg": "success", "data": {"totalCapacity": 1}}
+        return web.json_response(body, status=status, headers=headers)
+
+    async def _admin_list(self, _: web.Request) -> web.Response:
+        accounts = {
+            name: {
+                "usage": dataclasses.asdict(self.usage(name)),
+                "fault": dataclasses.asdict(self._faults[name]) if name in self._faults else None,
+            }
+            for name in self._growth
+        }
+        return web.json_response({"accounts": accounts, "outcomes": dict(self.outcomes)})
+
+    async def _admin_usage(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            document = await request.json()
+            usage = Usage(
+                **{k: int(document[k]) for k in ("allocation_kb", "capacity_kb", "used_kb")}
+            )
+            self.set_usage(name, usage)
+        except KeyError:
+            return web.json_response({"error": "unknown account or missing key"}, status=404)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(dataclasses.asdict(usage))
+
+    async def _admin_fault(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            fault = None if request.method == "DELETE" else Fault.from_json(await request.json())
+            self.set_fault(name, fault)
+        except KeyError:
+            return web.json_response({"error": f"unknown account {name!r}"}, status=404)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"account": name, "fault": fault and dataclasses.asdict(fault)})
+
+    def _authenticate(
+        self, request: web.Request, candidates: list[AccountConfig], now: float
+    ) -> AccountConfig:
         headers = request.headers
         for name in ("X-User-Id", "X-Date", "Authorization"):
             if not headers.get(name):
@@ -157,8 +307,7 @@ class Simulator:
         trace_id = headers.get("X-Traceid")
         if trace_id is not None and not _TRACE_ID.fullmatch(trace_id):
             raise Reject(400, 13000102, "parameter validation failed: X-Traceid must be 58 chars")
-        self._check_x_date(headers["X-Date"])
-        candidates = self._by_user.get(headers["X-User-Id"])
+        _check_x_date(headers["X-Date"], now)
         if not candidates:
             raise Reject(401, 401, "unknown X-User-Id")
         failure = "authentication failed"
@@ -177,18 +326,65 @@ class Simulator:
                 return account
         raise Reject(401, 401, failure)
 
-    def _check_x_date(self, value: str) -> None:
-        if not _X_DATE.fullmatch(value):
-            raise Reject(400, 13000102, "parameter validation failed: X-Date format")
-        try:
-            signed_at = calendar.timegm(time.strptime(value, "%Y%m%dT%H%M%SZ"))
-        except ValueError:
-            raise Reject(400, 13000102, "parameter validation failed: X-Date format") from None
-        now = self.server_now()
-        if signed_at > now:
-            raise Reject(401, 401, "X-Date is later than the server time")
-        if now - signed_at > X_DATE_WINDOW:
-            raise Reject(401, 401, "X-Date is older than 15 minutes")
+
+def _check_x_date(value: str, now: float) -> None:
+    if not _X_DATE.fullmatch(value):
+        raise Reject(400, 13000102, "parameter validation failed: X-Date format")
+    try:
+        signed_at = calendar.timegm(time.strptime(value, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        raise Reject(400, 13000102, "parameter validation failed: X-Date format") from None
+    if signed_at > now:
+        raise Reject(401, 401, "X-Date is later than the server time")
+    if now - signed_at > X_DATE_WINDOW:
+        raise Reject(401, 401, "X-Date is older than 15 minutes")
+
+
+def _usage_body(usage: Usage) -> dict[str, object]:
+    return {
+        "data": {
+            "totalAllocation": usage.allocation_kb,
+            "totalCapacity": usage.capacity_kb,
+            "totalUsed": usage.used_kb,
+        },
+        "code": 0,
+        "msg": "success",
+    }
+
+
+async def _sleep_while_connected(request: web.Request, seconds: float) -> None:
+    """Sleep, but stop early once the client has gone, so hung handlers do not pile up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(min(0.05, deadline - loop.time()))
+
+
+def _reset(request: web.Request) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:  # SO_LINGER with a zero timeout turns close() into a TCP RST
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.close()
+
+
+async def _stream_huge(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    chunk = b" " * 65536
+    try:
+        for _ in range(HUGE_BODY_BYTES // len(chunk)):
+            await response.write(chunk)
+        await response.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass  # the client stopped reading at its limit, as it should
+    return response
 
 
 def _verify_app_auth(request: web.Request, app_id: str, secret: str) -> str:

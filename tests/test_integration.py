@@ -12,7 +12,7 @@ from conftest import APP_SECRET, TOKEN, two_account_config, wait_for
 from exporter.config import load_config
 from exporter.model import Usage
 from exporter.server import Settings, create_app
-from exporter.simulator import Simulator, start_simulator
+from exporter.simulator import Fault, FaultKind, Simulator, start_simulator
 
 DOC_USAGE = Usage(allocation_kb=43, capacity_kb=1051187, used_kb=33085606)
 
@@ -110,9 +110,8 @@ async def test_upstream_going_away_keeps_last_values(simulated, aiohttp_client, 
         create_app(simulated.config, logs.log, Settings(startup_window=0.05))
     )
     await wait_for(lambda: simulated.simulator.outcomes["accepted"] >= 2)
-    # The server's clock falls an hour behind: every X-Date is now "in the future".
-    simulated.simulator.clock_offset = -3600
-    await wait_for(lambda: simulated.simulator.outcomes["rejected:401"] >= 2, timeout=4)
+    simulated.simulator.set_fault("acme", Fault(FaultKind.HTTP_5XX, status=503))
+    await wait_for(lambda: simulated.simulator.outcomes["fault:http_5xx"] >= 2, timeout=4)
     text = await scrape(client)
     assert sample(text, "koodrive_up", "acme") == 0
     assert sample(text, "koodrive_space_used_bytes", "acme") == 33085606 * 1024
