@@ -47,16 +47,26 @@ class KooDriveClient:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - trace ids need no secrecy
         self._targets: dict[str, tuple[URL, str, str]] = {}
-        # One estimate per upstream host: accounts on the same host share its clock.
-        self._skews: dict[str, SkewEstimator] = {}
+        # One estimate per account, seeded from the latest estimate for its host: accounts on
+        # one host share its clock, but an account's own responses have the last word.
+        self._skews: dict[tuple[str, str], SkewEstimator] = {}
+        self._host_offsets: dict[str, float] = {}
 
     def new_trace_id(self) -> str:
         return new_trace_id(self._rng)
 
     def clock_skew(self, account: AccountConfig) -> float | None:
         """Server minus local clock for the account's upstream, once a `Date` was seen."""
-        estimator = self._skews.get(self._target(account.endpoint)[1])
+        estimator = self._skews.get((account.name, self._target(account.endpoint)[1]))
         return None if estimator is None else estimator.offset
+
+    def _skew(self, account: AccountConfig, host: str) -> SkewEstimator:
+        estimator = self._skews.get((account.name, host))
+        if estimator is None:
+            estimator = SkewEstimator()
+            estimator.offset = self._host_offsets.get(host)
+            self._skews[(account.name, host)] = estimator
+        return estimator
 
     def credentials_changed(self, account: AccountConfig) -> bool:
         """Re-read the account's secret files now; True if what they hold has changed."""
@@ -69,7 +79,7 @@ class KooDriveClient:
         margin, because the server refuses any X-Date later than its own clock.
         """
         url, host, path = self._target(account.endpoint)
-        skew = self._skews.setdefault(host, SkewEstimator())
+        skew = self._skew(account, host)
         headers = request_headers(
             self._credentials.credentials(account),
             host=host,
@@ -82,6 +92,8 @@ class KooDriveClient:
         headers["Accept"] = "application/json"
         headers["User-Agent"] = USER_AGENT
         status, body, retry_after = await self._get(url, headers, account.timeout, skew)
+        if skew.offset is not None:
+            self._host_offsets[host] = skew.offset
         if status != 200:
             error = _status_error(status, body)
             error.retry_after = retry_after

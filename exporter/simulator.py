@@ -77,8 +77,11 @@ class Growth:
 
 
 @dataclass(frozen=True, slots=True)
-class Accepted:
+class Seen:
+    """One request as the simulator saw it (account is "" when no account matched)."""
+
     account: str
+    outcome: str
     x_date: str
     trace_id: str
     server_time: float
@@ -154,8 +157,8 @@ class Simulator:
         self._faults: dict[str, Fault] = {}
         self.clock_offset = 0.0
         self.outcomes: Counter[str] = Counter()
-        # Recently accepted requests, for tests that check every X-Date was fresh.
-        self.accepted: deque[Accepted] = deque(maxlen=10_000)
+        # Recent requests, for tests that check freshness of X-Dates and spacing of retries.
+        self.seen: deque[Seen] = deque(maxlen=10_000)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -165,6 +168,10 @@ class Simulator:
         app.router.add_put("/-/sim/accounts/{name}/fault", self._admin_fault)
         app.router.add_delete("/-/sim/accounts/{name}/fault", self._admin_fault)
         return app
+
+    @property
+    def accepted(self) -> list[Seen]:
+        return [seen for seen in self.seen if seen.outcome == "accepted"]
 
     def usage(self, name: str) -> Usage:
         fixed = self._fixed.get(name)
@@ -196,32 +203,32 @@ class Simulator:
         candidates = self._by_user.get(request.headers.get("X-User-Id", ""), [])
         # A server has one clock: the account's clock-offset fault applies before auth.
         clock_of = candidates[0].name if candidates else None
-        date = {"Date": formatdate(self.server_now(clock_of), usegmt=True)}
+        now = self.server_now(clock_of)
+        date = {"Date": formatdate(now, usegmt=True)}
+        account: AccountConfig | None = None
         try:
-            account = self._authenticate(request, candidates, self.server_now(clock_of))
+            account = self._authenticate(request, candidates, now)
             fault = self._faults.get(account.name)
             if fault is not None and fault.kind is FaultKind.EXPIRED_TOKEN:
                 raise Reject(401, 401, "access token expired")
             if fault is not None and fault.kind is FaultKind.WRONG_SIGNATURE:
                 raise Reject(401, 401, "signature mismatch")
         except Reject as exc:
-            self.outcomes[f"rejected:{exc.status}"] += 1
+            self._note(request, account.name if account else "", f"rejected:{exc.status}", now)
             body = {"code": exc.code, "msg": exc.msg}
             return web.json_response(body, status=exc.status, headers=date)
         if fault is not None and fault.kind is not FaultKind.CLOCK_OFFSET:
-            self.outcomes[f"fault:{fault.kind}"] += 1
+            self._note(request, account.name, f"fault:{fault.kind}", now)
             return await self._misbehave(request, account.name, fault, date)
-        usage = self.usage(account.name)
-        self.outcomes["accepted"] += 1
-        self.accepted.append(
-            Accepted(
-                account=account.name,
-                x_date=request.headers["X-Date"],
-                trace_id=request.headers.get("X-Traceid", ""),
-                server_time=self.server_now(account.name),
-            )
+        self._note(request, account.name, "accepted", now)
+        return web.json_response(_usage_body(self.usage(account.name)), headers=date)
+
+    def _note(self, request: web.Request, account: str, outcome: str, now: float) -> None:
+        self.outcomes[outcome] += 1
+        headers = request.headers
+        self.seen.append(
+            Seen(account, outcome, headers.get("X-Date", ""), headers.get("X-Traceid", ""), now)
         )
-        return web.json_response(_usage_body(usage), headers=date)
 
     async def _misbehave(
         self, request: web.Request, name: str, fault: Fault, headers: dict[str, str]

@@ -212,3 +212,91 @@ async def test_port_in_use_is_a_clean_error(sig: int) -> None:
         if first.returncode is None:
             first.kill()
             await first.wait()
+
+
+GAMMA = """  - name: gamma
+    user_id: "1505084218764547202"
+    auth:
+      token_file: token
+"""
+
+
+async def start_pair(tmp_path: Path, *exporter_args: str, sim_extra: str = "", interval="1s"):
+    """A simulator process and an exporter process polling it; returns both and the URLs."""
+    sim_dir, exp_dir = tmp_path / "sim", tmp_path / "exp"
+    sim_dir.mkdir()
+    exp_dir.mkdir()
+    sim_config = two_account_config("http://127.0.0.1:1", sim_dir)
+    sim_config.write_text(sim_config.read_text() + sim_extra)
+    simulator = await start("simulate", "--listen", "127.0.0.1:0", "--config", str(sim_config))
+    assert simulator.stdout is not None
+    sim_url = await read_until(simulator.stdout, r"^KooDrive simulator: (\S+)")
+    config = two_account_config(sim_url, exp_dir, interval=interval)
+    exporter = await start(
+        f"--config.file={config}", "--web.listen-address=127.0.0.1:0", "--log.format=json",
+        *exporter_args,
+    )  # fmt: skip
+    assert exporter.stderr is not None
+    urls = json.loads(await read_until(exporter.stderr, r'"urls": (\[[^\]]*\])'))
+    return simulator, exporter, sim_url, urls[0], config
+
+
+async def wait_metrics(url: str, predicate, timeout: float = 6) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = await metrics_text(url + "/metrics")
+        if predicate(text):
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"metrics never matched:\n{text}")
+
+
+async def test_sighup_adds_an_account(tmp_path: Path) -> None:
+    simulator, exporter, _, url, config = await start_pair(tmp_path, sim_extra=GAMMA)
+    try:
+        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1.0' in t)
+        config.write_text(config.read_text() + GAMMA)
+        exporter.send_signal(signal.SIGHUP)
+        text = await wait_metrics(url, lambda t: 'koodrive_up{account="gamma"} 1.0' in t)
+        assert 'koodrive_up{account="acme"} 1.0' in text
+        assert "koodrive_exporter_config_last_reload_successful 1.0" in text
+        assert await stop(exporter) < 5
+    finally:
+        for process in (exporter, simulator):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_sigterm_while_polls_hang_exits_within_five_seconds(tmp_path: Path) -> None:
+    simulator, exporter, sim_url, url, _ = await start_pair(tmp_path, interval="10s")
+    try:
+        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1.0' in t)
+        async with aiohttp.ClientSession() as session:
+            for name in ("acme", "beta"):
+                fault_url = f"{sim_url}/-/sim/accounts/{name}/fault"
+                async with session.put(fault_url, json={"kind": "hang"}) as response:
+                    assert response.status == 200
+        # Restart the polls so they hit the hang now: SIGHUP with a changed interval.
+        (tmp_path / "exp" / "config.yaml").write_text(
+            (tmp_path / "exp" / "config.yaml").read_text().replace("timeout: 1s", "timeout: 9s")
+        )
+        exporter.send_signal(signal.SIGHUP)
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                async with session.get(f"{sim_url}/-/sim/accounts") as response:
+                    outcomes = (await response.json())["outcomes"]
+                if outcomes.get("fault:hang", 0) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+        assert outcomes.get("fault:hang", 0) >= 2, outcomes
+        took = await stop(exporter)
+        assert took < 5
+        print(f"SIGTERM with two polls hanging: exited 0 after {took:.2f}s")
+    finally:
+        for process in (exporter, simulator):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()

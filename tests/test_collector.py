@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -102,3 +103,36 @@ def test_exposition_has_help_types_no_timestamps_and_escaped_labels() -> None:
         if line and not line.startswith("#"):
             fields = line.rsplit("}", 1)[1].split() if "}" in line else line.split()[1:]
             assert len(fields) == 1, line  # a value and no timestamp
+
+
+def test_stale_space_gauges_disappear_but_up_and_timestamp_stay() -> None:
+    state = ExporterState(accounts("a", interval=60))  # stale after 180 s
+    clock = Clock(1000.0)
+    registry = registry_for(state, clock)
+    state.record(ok("a", at=1000.0, used=5))
+    state.record(failed("a", Reason.TIMEOUT, at=1060.0))
+    a = {"account": "a"}
+    clock.now = 1180.0
+    assert registry.get_sample_value("koodrive_space_used_bytes", a) == 5
+    clock.now = 1180.5
+    assert registry.get_sample_value("koodrive_space_used_bytes", a) is None
+    assert registry.get_sample_value("koodrive_space_capacity_bytes", a) is None
+    assert registry.get_sample_value("koodrive_up", a) == 0
+    assert registry.get_sample_value("koodrive_last_success_timestamp_seconds", a) == 1000.0
+    state.record(ok("a", at=1181.0, used=6))
+    assert registry.get_sample_value("koodrive_space_used_bytes", a) == 6
+
+
+def test_clock_skew_and_reload_metrics() -> None:
+    state = ExporterState(accounts("a", "b"), loaded_at=1234.5)
+    registry = registry_for(state)
+    snapshot = ok("a", at=1.0, used=1)
+    state.record(dataclasses.replace(snapshot, clock_skew=-120.4))
+    state.record(failed("b", Reason.CONNECTION))
+    assert registry.get_sample_value("koodrive_clock_skew_seconds", {"account": "a"}) == -120.4
+    assert registry.get_sample_value("koodrive_clock_skew_seconds", {"account": "b"}) is None
+    assert registry.get_sample_value("koodrive_exporter_config_last_reload_successful") == 1
+    name = "koodrive_exporter_config_last_reload_success_timestamp_seconds"
+    assert registry.get_sample_value(name) == 1234.5
+    state.reload.successful = False
+    assert registry.get_sample_value("koodrive_exporter_config_last_reload_successful") == 0

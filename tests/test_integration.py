@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import itertools
 import subprocess
 import time
 from pathlib import Path
@@ -115,3 +116,78 @@ async def test_upstream_going_away_keeps_last_values(simulated, aiohttp_client, 
     text = await scrape(client)
     assert sample(text, "koodrive_up", "acme") == 0
     assert sample(text, "koodrive_space_used_bytes", "acme") == 33085606 * 1024
+
+
+async def test_upstream_clock_two_minutes_behind(simulated, aiohttp_client, logs):
+    """Acceptance: up within two polls, and the skew metric reads about -120 s."""
+    simulator = simulated.simulator
+    simulator.clock_offset = -120
+    client = await aiohttp_client(
+        create_app(simulated.config, logs.log, Settings(startup_window=0.05))
+    )
+    await wait_for(lambda: {s.account for s in simulator.accepted} == {"acme", "beta"}, 4)
+    for account in ("acme", "beta"):
+        polls = [s.outcome for s in simulator.seen if s.account in (account, "")]
+        assert polls.index("accepted") <= 1, polls  # the first or the second poll succeeds
+    text = await scrape(client)
+    for account in ("acme", "beta"):
+        assert sample(text, "koodrive_up", account) == 1
+        skew = sample(text, "koodrive_clock_skew_seconds", account)
+        assert skew is not None
+        assert -121 < skew < -119
+
+
+async def test_429_retry_after_one_second_is_never_undercut(simulated, aiohttp_client, logs):
+    simulator = simulated.simulator
+    simulator.set_fault("beta", Fault(FaultKind.RATE_LIMIT, retry_after="1"))
+    # A short interval and tiny backoff: only Retry-After can hold the exporter back.
+    path = simulated.config_path
+    path.write_text(
+        path.read_text().replace("interval: 1s", "interval: 300ms\n  backoff: 10ms")
+        .replace("timeout: 1s", "timeout: 200ms")
+    )  # fmt: skip
+    config = load_config(path)
+    client = await aiohttp_client(create_app(config, logs.log, Settings(startup_window=0.05)))
+    await wait_for(lambda: simulator.outcomes["fault:rate_limit"] >= 4, timeout=6)
+    times = [s.server_time for s in simulator.seen if s.account == "beta"]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.999, gaps
+    text = await scrape(client)
+    assert sample(text, "koodrive_up", "beta") == 0
+    assert 'koodrive_poll_errors_total{account="beta",reason="rate_limited"}' in text
+    assert sample(text, "koodrive_up", "acme") == 1
+
+
+async def test_reload_endpoint(simulated, aiohttp_client, logs, tmp_path):
+    path = simulated.config_path
+    settings = Settings(startup_window=0.05, config_file=str(path), enable_lifecycle=True)
+    client = await aiohttp_client(create_app(simulated.config, logs.log, settings))
+    await wait_for(lambda: simulated.simulator.outcomes["accepted"] >= 2)
+    assert (await client.get("/-/reload")).status == 405
+
+    original = path.read_text()
+    path.write_text(original.replace("interval: 1s", "interval: -1s"))
+    response = await client.post("/-/reload")
+    assert response.status == 500
+    assert "defaults.interval: must be a positive duration" in await response.text()
+    text = await scrape(client)
+    assert "koodrive_exporter_config_last_reload_successful 0.0" in text
+    assert sample(text, "koodrive_up", "acme") == 1  # the old config keeps running
+
+    # Drop beta, keep acme untouched.
+    path.write_text(original.split("  - name: beta")[0])
+    response = await client.post("/-/reload")
+    assert response.status == 200
+    assert "1 accounts: 0 added, 1 removed, 0 changed" in await response.text()
+    text = await scrape(client)
+    assert "koodrive_exporter_config_last_reload_successful 1.0" in text
+    assert sample(text, "koodrive_up", "beta") is None
+    assert sample(text, "koodrive_up", "acme") == 1
+    assert logs.events("reloaded")
+
+
+async def test_reload_needs_the_lifecycle_flag(simulated, aiohttp_client, logs):
+    settings = Settings(config_file=str(simulated.config_path))
+    client = await aiohttp_client(create_app(simulated.config, logs.log, settings))
+    response = await client.post("/-/reload")
+    assert response.status == 403

@@ -11,7 +11,7 @@ import pytest
 
 from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.model import FetchError, Reason, Usage
-from exporter.poller import JITTER, Poller, first_delay, next_delay
+from exporter.poller import JITTER, Poller, backoff_delay, first_delay, next_delay
 from exporter.state import ExporterState
 
 
@@ -244,3 +244,141 @@ async def test_every_reason_is_recorded(logs, reason: Reason) -> None:
     poller, state = make_poller([account("a")], source, logs)
     await poller.poll_once(account("a"))
     assert state.accounts["a"].errors == {reason: 1}
+
+
+def test_backoff_is_full_jitter_exponential_and_capped() -> None:
+    rng = random.Random(4)
+    for retry, ceiling in ((0, 1.0), (1, 2.0), (2, 4.0), (5, 10.0)):
+        delays = [backoff_delay(rng, 1.0, retry, cap=10.0) for _ in range(2000)]
+        assert 0 <= min(delays) < ceiling * 0.05
+        assert ceiling * 0.95 < max(delays) <= ceiling
+
+
+async def test_transient_failures_are_retried_within_the_poll(logs) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = [
+        FetchError(Reason.CONNECTION, "reset"),
+        FetchError(Reason.HTTP_ERROR, "HTTP 503", status=503),
+        "ok",
+    ]
+    acct = account("a", interval=2, timeout=0.1, retries=2, backoff=0.02)
+    poller, state = make_poller([acct], source, logs)
+    snapshot = await poller.poll_once(acct)
+    assert snapshot.ok
+    assert snapshot.attempts == 3
+    assert snapshot.failures == (Reason.CONNECTION, Reason.HTTP_ERROR)
+    assert state.accounts["a"].errors == {Reason.CONNECTION: 1, Reason.HTTP_ERROR: 1}
+    assert len(logs.events("poll")) == 1  # one canonical line per poll
+    assert len(logs.events("poll_attempt_failed")) == 2
+
+
+async def test_retries_are_bounded(logs) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = [FetchError(Reason.TIMEOUT, "slow")] * 10
+    acct = account("a", interval=2, timeout=0.1, retries=2, backoff=0.01)
+    poller, _ = make_poller([acct], source, logs)
+    snapshot = await poller.poll_once(acct)
+    assert (snapshot.reason, snapshot.attempts, len(source.calls["a"])) == (Reason.TIMEOUT, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FetchError(Reason.AUTH, "HTTP 401", status=401),
+        FetchError(Reason.API_ERROR, "code=1"),
+        FetchError(Reason.INVALID_RESPONSE, "junk"),
+        FetchError(Reason.HTTP_ERROR, "HTTP 404", status=404),
+        FetchError(Reason.TLS, "bad cert"),
+    ],
+    ids=lambda e: e.detail,
+)
+async def test_permanent_failures_are_not_retried(logs, error: FetchError) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = error
+    acct = account("a", interval=2, timeout=0.1, retries=3, backoff=0.01)
+    poller, _ = make_poller([acct], source, logs)
+    snapshot = await poller.poll_once(acct)
+    assert snapshot.reason is error.reason
+    assert len(source.calls["a"]) == 1
+
+
+async def test_retry_after_is_never_undercut(logs) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.4), "ok"]
+    acct = account("a", interval=3, timeout=0.1, retries=2, backoff=0.001)
+    poller, _ = make_poller([acct], source, logs)
+    snapshot = await poller.poll_once(acct)
+    first, second = source.calls["a"]
+    assert snapshot.ok
+    assert second - first >= 0.4
+
+
+async def test_retry_after_beyond_the_interval_delays_the_next_poll(logs) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.6)] + ["ok"] * 9
+    acct = account("a", interval=0.2, timeout=0.05, retries=2, backoff=0.001)
+    poller, state = make_poller([acct], source, logs)
+    poller.start()
+    try:
+        await asyncio.sleep(0.9)
+    finally:
+        await poller.stop()
+    calls = source.calls["a"]
+    assert calls[1] - calls[0] >= 0.6  # neither a retry nor the next poll came sooner
+    assert state.accounts["a"].last is not None
+    assert state.accounts["a"].last.ok
+
+
+async def test_no_retry_when_it_would_not_fit_in_the_interval(logs) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.5), "ok"]
+    acct = account("a", interval=0.5, timeout=0.1, retries=2, backoff=0.001)
+    poller, _ = make_poller([acct], source, logs)
+    snapshot = await poller.poll_once(acct)
+    assert snapshot.reason is Reason.RATE_LIMITED
+    assert snapshot.retry_after == 0.5
+    assert len(source.calls["a"]) == 1
+
+
+async def test_auth_failure_retries_once_only_if_the_secret_changed(logs) -> None:
+    source = FakeSource()
+    acct = account("a", interval=2, timeout=0.1, retries=3, backoff=0.01)
+    poller, _ = make_poller([acct], source, logs)
+    source.behaviour["a"] = FetchError(Reason.AUTH, "HTTP 401", status=401)
+    assert not (await poller.poll_once(acct)).ok
+    assert len(source.calls["a"]) == 1  # unchanged secret: wait for the next interval
+
+    source.rotated.add("a")  # the next check finds a new secret, which the upstream accepts
+    snapshot = await poller.poll_once(acct)
+    assert snapshot.ok
+    assert snapshot.attempts == 2
+    assert len(source.calls["a"]) == 3
+
+
+async def test_clock_skew_is_recorded_in_the_snapshot(logs) -> None:
+    source = FakeSource()
+    source.skew = -120.25
+    poller, _ = make_poller([account("a")], source, logs)
+    assert (await poller.poll_once(account("a"))).clock_skew == -120.25
+
+
+async def test_update_adds_removes_and_restarts_only_changed_accounts(logs) -> None:
+    source = FakeSource()
+    keep, drop, change = account("keep"), account("drop"), account("change")
+    poller, state = make_poller([keep, drop, change], source, logs)
+    poller.start()
+    try:
+        await asyncio.sleep(0.25)
+        kept_task = poller._tasks["keep"]
+        changed = account("change", interval=0.2)
+        result = await poller.update([keep, changed, account("new")])
+        assert result == (1, 1, 1)
+        assert poller._tasks["keep"] is kept_task
+        assert set(state.accounts) == {"keep", "change", "new"}
+        assert state.accounts["change"].last is not None  # data kept until the next poll
+        drop_calls = len(source.calls["drop"])
+        await asyncio.sleep(0.3)
+        assert len(source.calls["drop"]) == drop_calls
+        assert state.accounts["new"].last is not None
+    finally:
+        await poller.stop()
