@@ -48,7 +48,11 @@ DAY = 86400.0
 
 @dataclass(frozen=True, slots=True)
 class Growth:
-    """Deterministic usage curve of one account: a linear trend with a small hourly wave."""
+    """Deterministic usage curve of one account: a steady trend with a working-day rhythm.
+
+    The daily wave speeds growth up and slows it down by half but never reverses it, so
+    forecasts stay meaningful, as they would for a real tenant.
+    """
 
     capacity_kb: int
     allocation_kb: int
@@ -67,7 +71,8 @@ class Growth:
         )
 
     def at(self, elapsed: float) -> Usage:
-        wave = 0.001 * self.capacity_kb * math.sin(2 * math.pi * elapsed / 3600)
+        phase = 2 * math.pi * elapsed / DAY
+        wave = 0.5 * self.growth_kb_per_day * math.sin(phase) / (2 * math.pi)
         used = self.used_start_kb + self.growth_kb_per_day * elapsed / DAY + wave
         return Usage(
             allocation_kb=self.allocation_kb,

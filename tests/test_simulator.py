@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator
@@ -175,3 +176,10 @@ def test_growth_curves_differ_between_accounts_and_are_sane() -> None:
         usage = curve.at(random.uniform(0, 30 * DAY))
         assert 0 < usage.allocation_kb <= usage.capacity_kb
         assert usage.used_kb > 0
+
+
+def test_usage_never_shrinks_so_forecasts_stay_positive() -> None:
+    growth = Growth.for_account("acme")
+    samples = [growth.at(t * 600.0).used_kb for t in range(24 * 6 * 3)]  # 3 days, 10 min apart
+    assert all(b >= a for a, b in itertools.pairwise(samples))
+    assert samples[-1] > samples[0]

@@ -1,0 +1,203 @@
+"""The Grafana dashboard: Grafana's published schema, units, descriptions, known metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.collector import KooDriveCollector
+from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.model import Reason, Snapshot, UsageBytes
+from exporter.state import ExporterState
+
+ROOT = Path(__file__).parent.parent
+DASHBOARD = ROOT / "dashboards" / "koodrive.json"
+RULES = ROOT / "dashboards" / "koodrive-rules.yaml"
+SCHEMA_CHECK = ROOT / "dashboards" / "schema-check"
+METRIC = re.compile(r"\b(?:account:)?koodrive_[a-z0-9_]+(?::[a-z0-9_]+)?")
+
+TS_CHECK = """import type { Dashboard } from '@grafana/schema';
+// JSON spells the schema's string enums (ThresholdsMode, MappingType, ...) as their values.
+type Json<T> = T extends string
+  ? string extends T ? T : `${T}`
+  : T extends ReadonlyArray<infer U>
+    ? Array<Json<U>>
+    : T extends object
+      ? { [K in keyof T]: Json<T[K]> }
+      : T;
+export const dashboard: Json<Dashboard> = """
+
+
+def load_dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for panel in dashboard["panels"]:
+        out.extend(panel.get("panels", []))
+        if panel["type"] != "row":
+            out.append(panel)
+    return out
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the exporter can emit, from a fully populated collector."""
+    token = TokenAuth(token=SecretRef(key="token", value=Secret("t")))
+    account = AccountConfig(name="a", user_id="1", auth=token)
+    state = ExporterState([account], loaded_at=1.0)
+    usage = UsageBytes(allocated=1, capacity=2, used=1)
+    state.record(Snapshot("a", 1.0, 0.1, "t", usage=usage))
+    failed = Snapshot("a", 2.0, 0.1, "t", reason=Reason.AUTH, failures=(Reason.AUTH,))
+    state.record(dataclasses.replace(failed, clock_skew=0.5))
+    collector = KooDriveCollector(state, clock=lambda: 1.5)
+    return {sample.name for family in collector.collect() for sample in family.samples}
+
+
+def recorded_names() -> set[str]:
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    exprs = [target["expr"] for panel in panels(dashboard) for target in panel["targets"]]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return exprs
+
+
+def test_variables_datasource_job_account() -> None:
+    variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
+    assert list(variables) == ["datasource", "job", "account"]
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("job", "account"):
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["query"]["query"].startswith("label_values(")
+        assert variable["multi"] is True
+        assert variable["includeAll"] is True
+
+
+def test_no_hard_coded_datasource_uid() -> None:
+    dashboard = load_dashboard()
+    refs = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("datasource"), dict):
+                refs.append(node["datasource"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(dashboard["panels"])
+    walk(dashboard["templating"])
+    assert refs
+    assert all(ref == {"type": "prometheus", "uid": "${datasource}"} for ref in refs), refs
+
+
+def test_every_panel_has_unit_description_and_queries() -> None:
+    for panel in panels(load_dashboard()):
+        assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        assert len(panel.get("description", "")) > 20, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert "$job" in target["expr"], (panel["title"], target["expr"])
+
+
+def test_expected_panels_and_units() -> None:
+    by_title = {p["title"]: p for p in panels(load_dashboard())}
+    units = {title: p["fieldConfig"]["defaults"]["unit"] for title, p in by_title.items()}
+    assert units["Used and capacity"] == "bytes"
+    assert units["Allocated space"] == "bytes"
+    assert units["Free space"] == "bytes"
+    assert units["Growth per day"] == "bytes"
+    assert units["Utilization"] == units["Utilization over time"] == "percentunit"
+    assert units["Full at (forecast)"] == "dateTimeFromNow"
+    for title in ("Utilization", "Utilization over time"):
+        steps = by_title[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [s["value"] for s in steps] == [None, 0.8, 0.9]
+    for title in ("Up", "Age of last success", "Poll errors by reason", "Poll duration",
+                  "Clock skew"):  # fmt: skip
+        assert title in by_title
+
+
+def test_every_metric_used_is_exported_or_recorded() -> None:
+    known = exported_metric_names() | recorded_names()
+    used = {m for expr in dashboard_exprs(load_dashboard()) for m in METRIC.findall(expr)}
+    rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    used |= {m for g in rules for r in g["rules"] for m in METRIC.findall(r["expr"])}
+    assert used
+    assert used <= known, used - known
+
+
+def test_metric_check_catches_an_unknown_metric() -> None:
+    known = exported_metric_names() | recorded_names()
+    assert "koodrive_space_free_bytes" not in known
+    assert "koodrive_space_used_bytes" in known
+    assert "koodrive_poll_duration_seconds_bucket" in known
+
+
+def run_tsc(tmp_path: Path, dashboard_text: str) -> subprocess.CompletedProcess[str]:
+    tsc = SCHEMA_CHECK / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists():
+        pytest.fail(f"{tsc} missing: ./scripts/test installs it (npm ci in {SCHEMA_CHECK})")
+    (tmp_path / "check.ts").write_text(TS_CHECK + dashboard_text + ";\n", encoding="utf-8")
+    schema = SCHEMA_CHECK / "node_modules" / "@grafana" / "schema"
+    tsconfig = {
+        "compilerOptions": {
+            "strict": True,
+            "noEmit": True,
+            "target": "es2022",
+            "module": "esnext",
+            "moduleResolution": "bundler",
+            "skipLibCheck": True,
+            "types": [],
+            "baseUrl": ".",
+            "paths": {"@grafana/schema": [str(schema)]},
+        },
+        "files": ["check.ts"],
+    }
+    (tmp_path / "tsconfig.json").write_text(json.dumps(tsconfig), encoding="utf-8")
+    node = shutil.which("node")
+    assert node is not None, "node missing: ./scripts/test installs it"
+    return subprocess.run(
+        [node, str(tsc), "-p", str(tmp_path / "tsconfig.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_dashboard_type_checks_against_grafana_schema(tmp_path: Path) -> None:
+    result = run_tsc(tmp_path, DASHBOARD.read_text(encoding="utf-8"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "complaint"),
+    [
+        ('"mode": "absolute"', '"mode": "abs"', '"abs"'),  # not a ThresholdsMode
+        ('"title": "Up"', '"titel": "Up"', "titel"),  # unknown key
+        ('"refresh": 2', '"refresh": "sometimes"', "VariableRefresh"),
+    ],
+)
+def test_schema_check_rejects_a_broken_dashboard(
+    tmp_path: Path, old: str, new: str, complaint: str
+) -> None:
+    text = DASHBOARD.read_text(encoding="utf-8")
+    assert old in text
+    result = run_tsc(tmp_path, text.replace(old, new, 1))
+    assert result.returncode != 0
+    assert complaint in result.stdout

@@ -1,0 +1,228 @@
+"""End to end: simulator -> exporter -> a real Prometheus with the project's rules.
+
+Prometheus (Debian's package) runs on 127.0.0.1 with a 1 s scrape and evaluation interval.
+The test checks what Prometheus stored, evaluates every dashboard and rule expression
+through its HTTP API, and drives an account to 95 % to see KooDriveSpaceAlmostFull pending.
+Set KOODRIVE_WRITE_LAYOUT=1 to refresh dashboards/layout.svg from the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from dashboard_svg import render
+from test_dashboard import DASHBOARD, RULES, dashboard_exprs, panels
+
+from exporter.model import Usage
+from exporter.server import Settings, create_app
+
+JOB = "koodrive-exporter"
+ACME = Usage(allocation_kb=400_000_000, capacity_kb=1_000_000_000, used_kb=500_000_000)
+# Panels that must show data in a healthy run (errors and reload failures need not).
+MAIN_PANELS = {
+    "Utilization",
+    "Used and capacity",
+    "Utilization over time",
+    "Free space",
+    "Allocated space",
+    "Growth per day",
+    "Full at (forecast)",
+    "Up",
+    "Age of last success",
+    "Poll duration",
+    "Clock skew",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def substitute(expr: str) -> str:
+    """Grafana's variables as the dashboard would send them with "All" selected."""
+    return (
+        expr.replace("$job", JOB)
+        .replace("$account", "acme|beta")
+        .replace("$__rate_interval", "15s")
+        .replace("$__interval", "1s")
+    )
+
+
+class Prometheus:
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+
+    async def get(self, path: str, **params: str) -> Any:
+        async with self.session.get(self.url + path, params=params) as response:
+            body = await response.json()
+            assert body["status"] == "success", (path, params, body)
+            return body["data"]
+
+    async def query(self, expr: str) -> list[dict[str, Any]]:
+        data = await self.get("/api/v1/query", query=expr)
+        return data["result"]
+
+    async def wait(self, expr: str, predicate, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = await self.query(expr)
+            if predicate(result) or time.monotonic() > deadline:
+                return result
+            await asyncio.sleep(0.25)
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        pytest.fail("prometheus not found: ./scripts/test installs Debian's prometheus package")
+    return path
+
+
+async def test_end_to_end_with_prometheus(simulated, logs, tmp_path: Path, prometheus_binary):
+    started = time.monotonic()
+    simulator = simulated.simulator
+    simulator.set_usage("acme", ACME)
+
+    exporter = web.AppRunner(create_app(simulated.config, logs.log, Settings(startup_window=0.1)))
+    await exporter.setup()
+    site = web.TCPSite(exporter, "127.0.0.1", 0)
+    await site.start()
+    exporter_port = exporter.addresses[0][1]
+
+    prom_port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    process = subprocess.Popen(
+        [
+            prometheus_binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            prom = Prometheus(session, f"http://127.0.0.1:{prom_port}")
+            await wait_ready(session, prom.url, process, tmp_path)
+
+            # Prometheus stored exactly what the exporter published.
+            up = await prom.wait("koodrive_up", lambda r: len(r) == 2, timeout=30)
+            assert {s["metric"]["account"]: s["value"][1] for s in up} == {"acme": "1", "beta": "1"}
+            used = await prom.query('koodrive_space_used_bytes{account="acme"}')
+            assert float(used[0]["value"][1]) == ACME.used_kb * 1024
+            capacity = await prom.query('koodrive_space_capacity_bytes{account="acme"}')
+            assert float(capacity[0]["value"][1]) == ACME.capacity_kb * 1024
+            assert used[0]["metric"]["job"] == JOB
+            utilization = await prom.wait(
+                'account:koodrive_space_utilization:ratio{account="acme"}', bool, timeout=10
+            )
+            assert float(utilization[0]["value"][1]) == 0.5
+            # deriv() needs a few samples of beta's growing usage.
+            await prom.wait("account:koodrive_space_full_in:seconds", bool, timeout=20)
+
+            # Every dashboard expression evaluates, and the main panels have data.
+            values: dict[str, list[tuple[str, float]]] = {}
+            for panel in panels(json.loads(DASHBOARD.read_text(encoding="utf-8"))):
+                for target in panel["targets"]:
+                    result = await prom.query(substitute(target["expr"]))
+                    legend = target["legendFormat"]
+                    for sample in result:
+                        label = re.sub(
+                            r"\{\{(\w+)\}\}", lambda m, s=sample: s["metric"].get(m[1], ""), legend
+                        )
+                        values.setdefault(panel["title"], []).append(
+                            (label, float(sample["value"][1]))
+                        )
+                if panel["title"] in MAIN_PANELS:
+                    assert values.get(panel["title"]), f"no data for panel {panel['title']!r}"
+            for expr in dashboard_exprs(json.loads(DASHBOARD.read_text(encoding="utf-8"))):
+                match = re.fullmatch(r"label_values\((.+), (\w+)\)", expr)
+                if match:  # a Grafana variable query: ask for the label's values
+                    data = await prom.get(
+                        f"/api/v1/label/{match[2]}/values", **{"match[]": substitute(match[1])}
+                    )
+                    assert data, expr
+
+            # Every rule expression evaluates without error.
+            groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+            for rule in (rule for group in groups for rule in group["rules"]):
+                await prom.query(rule["expr"])
+            rule_groups = (await prom.get("/api/v1/rules"))["groups"]
+            health = {r.get("name"): r["health"] for g in rule_groups for r in g["rules"]}
+            assert set(health.values()) == {"ok"}, health
+
+            # Drive acme to 95 %: KooDriveSpaceAlmostFull (warning) goes pending.
+            simulator.set_usage(
+                "acme", Usage(ACME.allocation_kb, ACME.capacity_kb, ACME.capacity_kb * 95 // 100)
+            )
+            alert = await wait_alert(prom, "KooDriveSpaceAlmostFull", "acme", timeout=15)
+            assert alert["state"] == "pending"
+            assert alert["labels"]["severity"] == "warning"
+            assert "acme" in alert["annotations"]["summary"]
+
+        layout = render(json.loads(DASHBOARD.read_text(encoding="utf-8")), values)
+        (tmp_path / "layout.svg").write_text(layout, encoding="utf-8")
+        assert layout.count("<rect") > len(MAIN_PANELS)
+        if os.environ.get("KOODRIVE_WRITE_LAYOUT") == "1":
+            (DASHBOARD.parent / "layout.svg").write_text(layout, encoding="utf-8")
+        print(f"\nend-to-end with Prometheus: {time.monotonic() - started:.1f}s")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        await exporter.cleanup()
+
+
+async def wait_ready(
+    session: aiohttp.ClientSession, url: str, process: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
+        try:
+            async with session.get(url + "/-/ready") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError("Prometheus did not become ready within 30 s")
+
+
+async def wait_alert(prom: Prometheus, name: str, account: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for alert in (await prom.get("/api/v1/alerts"))["alerts"]:
+            labels = alert["labels"]
+            if labels["alertname"] == name and labels.get("account") == account:
+                return alert
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{name} for {account} did not appear within {timeout}s")
