@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import platform
 import signal
 import sys
@@ -26,6 +27,7 @@ from .server import (
     serve,
 )
 from .simulator import Simulator, start_simulator
+from .webconfig import WebConfig, load_web_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,16 +36,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _simulate(args_list[1:])
     args = _parser().parse_args(args_list)
     if args.config_check:
-        return _check(args.config_file)
+        return _check(args.config_file, args.web_config_file)
     try:
         check_telemetry_path(args.telemetry_path)
         parse_listen_address(args.listen_address)
+        if args.max_requests < 1:
+            raise ValueError("--web.max-requests must be at least 1")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+    except ConfigError as exc:
+        _print_errors(exc, "web config error")
+        return 1
     log = make_logger(args.log_level, args.log_format)
     if args.demo:
-        return asyncio.run(_run_demo(args, log))
+        return asyncio.run(_run_demo(args, log, web_config))
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
@@ -53,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return asyncio.run(_run(config, args, log))
+    return asyncio.run(_run(config, args, log, web_config))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +96,25 @@ def _parser() -> argparse.ArgumentParser:
         help="path under which to expose metrics (default: %(default)s)",
     )
     parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        help="exporter-toolkit web config file: TLS, basic auth, response headers",
+    )
+    parser.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        default=40,
+        help="concurrent scrapes before answering 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.protect-probes",
+        dest="protect_probes",
+        action="store_true",
+        help="require basic auth on /-/healthy and /-/ready too (default: they are open)",
+    )
+    parser.add_argument(
         "--web.enable-lifecycle",
         dest="enable_lifecycle",
         action="store_true",
@@ -113,19 +141,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(path: str) -> int:
+def _check(path: str, web_config_file: str | None) -> int:
+    failed = False
+    if web_config_file:
+        try:
+            load_web_config(web_config_file)
+        except ConfigError as exc:
+            _print_errors(exc, "web config error")
+            failed = True
     try:
         config = load_config(path)
     except ConfigError as exc:
         _print_errors(exc)
         return 1
+    if failed:
+        return 1
     print(f"config OK: {len(config.accounts)} accounts")
     return 0
 
 
-def _print_errors(exc: ConfigError) -> None:
+def _print_errors(exc: ConfigError, kind: str = "config error") -> None:
     for error in exc.errors:
-        print(f"config error: {error}", file=sys.stderr)
+        print(f"{kind}: {error}", file=sys.stderr)
+
+
+def _settings(args: argparse.Namespace, web_config: WebConfig | None) -> Settings:
+    return Settings(
+        telemetry_path=args.telemetry_path,
+        web_config=web_config,
+        web_config_file=args.web_config_file,
+        max_requests=args.max_requests,
+        protect_probes=args.protect_probes,
+    )
 
 
 def _stop_event() -> asyncio.Event:
@@ -138,13 +185,16 @@ def _stop_event() -> asyncio.Event:
 
 
 async def _run(
-    config: Config, args: argparse.Namespace, log: structlog.typing.FilteringBoundLogger
+    config: Config,
+    args: argparse.Namespace,
+    log: structlog.typing.FilteringBoundLogger,
+    web_config: WebConfig | None,
 ) -> int:
     log.info(
         "starting", version=__version__, accounts=len(config.accounts), config_file=config.source
     )
-    settings = Settings(
-        telemetry_path=args.telemetry_path,
+    settings = dataclasses.replace(
+        _settings(args, web_config),
         config_file=args.config_file,
         enable_lifecycle=args.enable_lifecycle,
     )
@@ -169,7 +219,11 @@ async def _serve(
     return 0
 
 
-async def _run_demo(args: argparse.Namespace, log: structlog.typing.FilteringBoundLogger) -> int:
+async def _run_demo(
+    args: argparse.Namespace,
+    log: structlog.typing.FilteringBoundLogger,
+    web_config: WebConfig | None,
+) -> int:
     stop = _stop_event()
     accounts = demo_config()
     simulator = Simulator(accounts)
@@ -184,7 +238,7 @@ async def _run_demo(args: argparse.Namespace, log: structlog.typing.FilteringBou
             print(f"Metrics:            {base}{args.telemetry_path}", flush=True)
 
         log.info("demo", simulator=sim_url, accounts=[a.name for a in config.accounts])
-        settings = Settings(telemetry_path=args.telemetry_path, startup_window=0.5)
+        settings = dataclasses.replace(_settings(args, web_config), startup_window=0.5)
         app = create_app(config, log, settings)
         return await _serve(app, args.listen_address, log, stop, announce)
     finally:

@@ -11,6 +11,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -51,6 +52,7 @@ class KooDriveClient:
         # one host share its clock, but an account's own responses have the last word.
         self._skews: dict[tuple[str, str], SkewEstimator] = {}
         self._host_offsets: dict[str, float] = {}
+        self._tls: dict[Path, ssl.SSLContext] = {}
 
     def new_trace_id(self) -> str:
         return new_trace_id(self._rng)
@@ -91,7 +93,9 @@ class KooDriveClient:
         )
         headers["Accept"] = "application/json"
         headers["User-Agent"] = USER_AGENT
-        status, body, retry_after = await self._get(url, headers, account.timeout, skew)
+        status, body, retry_after = await self._get(
+            url, headers, account.timeout, skew, self._tls_for(account)
+        )
         if skew.offset is not None:
             self._host_offsets[host] = skew.offset
         if status != 200:
@@ -106,8 +110,26 @@ class KooDriveClient:
             target = self._targets[endpoint] = target_of(endpoint, OVERVIEW_PATH)
         return target
 
+    def _tls_for(self, account: AccountConfig) -> ssl.SSLContext | bool:
+        """Verification always on (system CAs, or the account's ca_file) unless disabled."""
+        if account.insecure_skip_verify:
+            return False
+        if account.ca_file is None:
+            return True
+        context = self._tls.get(account.ca_file)
+        if context is None:
+            context = self._tls[account.ca_file] = ssl.create_default_context(
+                cafile=account.ca_file
+            )
+        return context
+
     async def _get(
-        self, url: URL, headers: dict[str, str], limit: float, skew: SkewEstimator
+        self,
+        url: URL,
+        headers: dict[str, str],
+        limit: float,
+        skew: SkewEstimator,
+        tls: ssl.SSLContext | bool,
     ) -> tuple[int, bytes, float | None]:
         """Status, capped body and Retry-After; feeds every response's `Date` to `skew`."""
         sent_at = self._clock()
@@ -117,6 +139,7 @@ class KooDriveClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=limit),
                 allow_redirects=False,
+                ssl=tls,
             ) as response:
                 received_at = self._clock()
                 server_date = parse_http_date(response.headers.get("Date"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ BUILTIN_DEFAULTS: Mapping[str, Any] = {
     "x_date_margin": "2s",
 }
 # stale_after has no fixed default: it is 3 x the account's own interval unless set.
-DEFAULT_KEYS = frozenset(BUILTIN_DEFAULTS) | {"stale_after"}
+DEFAULT_KEYS = frozenset(BUILTIN_DEFAULTS) | {"stale_after", "ca_file", "insecure_skip_verify"}
 STALE_INTERVALS = 3
 MAX_RETRIES = 10
 X_DATE_WINDOW = 15 * 60
@@ -122,6 +123,9 @@ class AccountConfig:
     backoff: float = 1.0
     x_date_margin: float = 2.0
     stale_after: float = 0.0  # 0: three intervals
+    # Upstream TLS: verification is always on unless insecure_skip_verify is set explicitly.
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
 
     @property
     def stale_after_seconds(self) -> float:
@@ -132,6 +136,12 @@ class AccountConfig:
 class Config:
     accounts: tuple[AccountConfig, ...]
     source: str = field(default="<memory>", compare=False)
+
+
+def file_identity(path: Path) -> tuple[int, int, int, int]:
+    """What changes when a file is replaced (Kubernetes swaps a symlink) or rewritten."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def read_secret_file(path: Path) -> str:
@@ -327,6 +337,8 @@ class _Checker:
             "backoff": self.positive_duration,
             "x_date_margin": self.x_date_margin,
             "stale_after": self.positive_duration,
+            "ca_file": self.ca_file,
+            "insecure_skip_verify": self.boolean,
         }
         for key, check in checks.items():
             if key in raw:
@@ -381,6 +393,27 @@ class _Checker:
             self.error(path, f"must be a {kind} duration{bound} (got {raw!r})")
             return None
         return seconds
+
+    def ca_file(self, path: str, raw: object) -> Path | None:
+        name = self.required_string(path, raw)
+        if name is None:
+            return None
+        file = Path(name) if Path(name).is_absolute() else self.base_dir / name
+        try:
+            ssl.create_default_context(cafile=file)
+        except FileNotFoundError:
+            self.error(path, f"no such file: {file}")
+            return None
+        except (OSError, ssl.SSLError) as exc:
+            self.error(path, f"not a readable PEM CA bundle: {file} ({exc})")
+            return None
+        return file
+
+    def boolean(self, path: str, raw: object) -> bool | None:
+        if not isinstance(raw, bool):
+            self.error(path, f"must be true or false (got {raw!r})")
+            return None
+        return raw
 
     def retries(self, path: str, raw: object) -> int | None:
         raw = self.expand(path, raw)

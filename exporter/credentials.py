@@ -7,11 +7,10 @@ file is read only when it did change.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import AccountConfig, AppAuth, SecretRef, read_secret_file
+from .config import AccountConfig, AppAuth, SecretRef, file_identity, read_secret_file
 from .model import FetchError, Reason
 from .signing import AppCredentials, Credentials, TokenCredentials
 
@@ -57,8 +56,7 @@ class CredentialStore:
             return ref.value.reveal()
         assert ref.path is not None
         try:
-            st = os.stat(ref.path)
-            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            identity = file_identity(ref.path)
             cached = self._files.get(ref.path)
             if cached is not None and cached.identity == identity:
                 return cached.value

@@ -25,8 +25,10 @@ from .client import USER_AGENT, KooDriveClient
 from .collector import KooDriveCollector
 from .config import Config, ConfigError, load_config
 from .credentials import CredentialStore
+from .httpguard import KEEPALIVE_TIMEOUT, READ_HEADER_TIMEOUT, GuardedSite, HttpGuard
 from .poller import STARTUP_WINDOW, OverviewSource, Poller
 from .state import AccountState, ExporterState
+from .webconfig import WebConfig
 
 RESERVED_PATHS = frozenset({"/", "/-/healthy", "/-/ready", "/-/reload"})
 LANDING_ROWS = 500
@@ -42,6 +44,16 @@ class Settings:
     config_file: str | None = None
     # Allow POST /-/reload (SIGHUP always works), as Prometheus' --web.enable-lifecycle.
     enable_lifecycle: bool = False
+    # The exporter-toolkit web config (TLS, basic auth, headers) and the file it came from,
+    # re-read when it or its certificate files change.
+    web_config: WebConfig | None = None
+    web_config_file: str | None = None
+    # Concurrent scrapes of the telemetry path before answering 503.
+    max_requests: int = 40
+    # Require basic auth on /-/healthy and /-/ready too (kubelet probes then need it).
+    protect_probes: bool = False
+    # A client that starts a request must send its whole head within this time.
+    read_header_timeout: float = READ_HEADER_TIMEOUT
     # Tests swap the real client for a fake; None means the real KooDrive client.
     source_factory: Callable[[aiohttp.ClientSession], OverviewSource] | None = None
 
@@ -61,6 +73,7 @@ RUNTIME = web.AppKey("runtime", Runtime)
 STATE = web.AppKey("state", ExporterState)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 LOG = web.AppKey("log", structlog.typing.FilteringBoundLogger)
+GUARD = web.AppKey("guard", HttpGuard)
 
 
 def create_app(
@@ -76,7 +89,21 @@ def create_app(
     ProcessCollector(registry=registry)
     GCCollector(registry=registry)
 
-    app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
+    guard = HttpGuard(
+        settings.web_config,
+        settings.web_config_file,
+        log,
+        telemetry_path=settings.telemetry_path,
+        max_requests=settings.max_requests,
+        protect_probes=settings.protect_probes,
+        read_header_timeout=settings.read_header_timeout,
+    )
+    app = web.Application(
+        middlewares=[guard.middleware],
+        handler_args={"max_field_size": 8190, "max_line_size": 8190, "max_headers": 100},
+        client_max_size=64 * 1024,
+    )
+    app[GUARD] = guard
     app[SETTINGS] = settings
     app[RUNTIME] = Runtime(config=config)
     app[STATE] = state
@@ -106,6 +133,7 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
             log.error("reload_failed", config_file=path, errors=exc.errors)
             return False, "\n".join(exc.errors)
         added, removed, changed = await runtime.poller.update(config.accounts)
+        _warn_insecure(config, log)
         runtime.config = config
         state.reload.successful = True
         state.reload.last_success = time.time()
@@ -121,6 +149,17 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
             True,
             f"{len(config.accounts)} accounts: {added} added, {removed} removed, {changed} changed",
         )
+
+
+def _warn_insecure(config: Config, log: structlog.typing.FilteringBoundLogger) -> None:
+    for account in config.accounts:
+        if account.insecure_skip_verify:
+            log.warning(
+                "insecure_skip_verify",
+                account=account.name,
+                endpoint=account.endpoint,
+                why="upstream TLS certificates are NOT verified for this account",
+            )
 
 
 def request_reload(app: web.Application) -> None:
@@ -160,6 +199,8 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
     )
     poller.start()
     runtime.poller = poller
+    runtime.background.add(asyncio.create_task(app[GUARD].watch(), name="web-config-watch"))
+    _warn_insecure(runtime.config, app[LOG])
     try:
         yield
     finally:
@@ -287,12 +328,20 @@ async def serve(
 ) -> None:
     """Run `app` until `stop` is set, then shut everything down within a few seconds."""
     host, port = parse_listen_address(address)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        guard = app[GUARD]
+        site = GuardedSite(runner, host, port, guard)
         await site.start()
-        urls = [_url(addr) for addr in runner.addresses]
+        scheme = "https" if guard.tls else "http"
+        urls = [_url(addr, scheme) for addr in runner.addresses]
         log.info("listening", urls=urls, telemetry_path=app[SETTINGS].telemetry_path)
         if on_ready is not None:
             on_ready(urls)
@@ -302,7 +351,7 @@ async def serve(
         await runner.cleanup()
 
 
-def _url(address: tuple[str, int] | tuple[str, int, int, int] | object) -> str:
+def _url(address: tuple[str, int] | tuple[str, int, int, int] | object, scheme: str) -> str:
     host, port = address[0], address[1]  # type: ignore[index]
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"

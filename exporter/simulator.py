@@ -20,6 +20,7 @@ import hmac
 import math
 import re
 import socket
+import ssl
 import struct
 import time
 from collections import Counter, deque
@@ -434,13 +435,17 @@ def _verify_app_auth(request: web.Request, app_id: str, secret: str) -> str:
 
 
 async def start_simulator(
-    simulator: Simulator, host: str = "127.0.0.1", port: int = 0
+    simulator: Simulator,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Serve the simulator; returns the runner (call `cleanup()`) and its base URL."""
     runner = web.AppRunner(simulator.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    return runner, f"http://{shown}:{bound_port}"
+    scheme = "https" if ssl_context is not None else "http"
+    return runner, f"{scheme}://{shown}:{bound_port}"

@@ -1,0 +1,307 @@
+"""The exporter behind TLS and basic auth, attacked the ways operators worry about."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import bcrypt
+import pytest
+import trustme
+from aiohttp import web
+from conftest import LogCapture, two_account_config, wait_for
+from cryptography import x509
+from test_poller import FakeSource, account
+
+from exporter.config import Config, load_config
+from exporter.server import GUARD, Settings, create_app, serve
+from exporter.simulator import Simulator, start_simulator
+from exporter.webconfig import load_web_config
+
+PASSWORD = "correct horse battery staple"
+HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@dataclass
+class Served:
+    url: str
+    app: web.Application
+    ca: trustme.CA
+    directory: Path
+
+    def client_context(self, **versions: ssl.TLSVersion) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        for name, value in versions.items():
+            setattr(context, name, value)
+        return context
+
+
+def write_pki(directory: Path, ca: trustme.CA, name: str = "server") -> None:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_pem.write_to_path(str(directory / f"{name}.key"))
+    cert.cert_chain_pems[0].write_to_path(str(directory / f"{name}.crt"))
+    ca.cert_pem.write_to_path(str(directory / "ca.crt"))
+
+
+async def start(tmp_path: Path, web_yaml: str, **settings: object) -> AsyncIterator[Served]:
+    ca = trustme.CA()
+    write_pki(tmp_path, ca)
+    (tmp_path / "web.yml").write_text(web_yaml, encoding="utf-8")
+    web_config = load_web_config(tmp_path / "web.yml")
+    source = FakeSource()
+    app = create_app(
+        Config(accounts=(account("acme", interval=5, timeout=1),)),
+        LogCapture().log,
+        Settings(
+            source_factory=lambda _s: source,
+            startup_window=0.01,
+            web_config=web_config,
+            web_config_file=str(tmp_path / "web.yml"),
+            **settings,  # type: ignore[arg-type]
+        ),
+    )
+    stop = asyncio.Event()
+    urls: list[str] = []
+    task = asyncio.create_task(serve(app, "127.0.0.1:0", LogCapture().log, stop, urls.extend))
+    await wait_for(lambda: bool(urls) or task.done())
+    try:
+        yield Served(urls[0], app, ca, tmp_path)
+    finally:
+        stop.set()
+        await task
+
+
+TLS_AND_AUTH = f"""
+tls_server_config:
+  cert_file: server.crt
+  key_file: server.key
+basic_auth_users:
+  alice: {HASH}
+http_server_config:
+  headers:
+    X-Frame-Options: deny
+"""
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async for item in start(tmp_path, TLS_AND_AUTH):
+        yield item
+
+
+async def fetch(served: Served, path: str, **kwargs: object) -> tuple[int, dict[str, str], str]:
+    context = kwargs.pop("ssl", served.client_context())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(served.url + path, ssl=context, **kwargs) as response,  # type: ignore[arg-type]
+    ):
+        return response.status, dict(response.headers), await response.text()
+
+
+async def test_basic_auth_over_tls(served: Served) -> None:
+    assert served.url.startswith("https://127.0.0.1:")
+    status, headers, _ = await fetch(served, "/metrics")
+    assert status == 401
+    assert headers["WWW-Authenticate"] == 'Basic realm="koodrive-exporter"'
+    assert headers["X-Frame-Options"] == "deny"
+    assert (await fetch(served, "/metrics", headers=basic("alice", "wrong")))[0] == 401
+    assert (await fetch(served, "/metrics", headers=basic("mallory", PASSWORD)))[0] == 401
+    assert (await fetch(served, "/metrics", headers={"Authorization": "Basic !!!"}))[0] == 401
+    assert (await fetch(served, "/metrics", headers={"Authorization": "Bearer x"}))[0] == 401
+    status, headers, body = await fetch(served, "/metrics", headers=basic("alice", PASSWORD))
+    assert status == 200
+    assert "koodrive_exporter_build_info" in body
+    assert headers["X-Frame-Options"] == "deny"
+    assert (await fetch(served, "/", headers=basic("alice", PASSWORD)))[0] == 200
+    assert (await fetch(served, "/"))[0] == 401
+    status, headers, _ = await fetch(served, "/nope", headers=basic("alice", PASSWORD))
+    assert (status, headers["X-Frame-Options"]) == (404, "deny")
+
+
+async def test_probes_stay_open_for_kubelet(served: Served) -> None:
+    assert (await fetch(served, "/-/healthy"))[0] == 200
+    assert (await fetch(served, "/-/ready"))[0] in (200, 503)
+    # The reload endpoint is not a probe: it needs credentials (and POST).
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(served.url + "/-/reload", ssl=served.client_context()) as response,
+    ):
+        assert response.status == 401
+
+
+async def test_protect_probes(tmp_path: Path) -> None:
+    async for served in start(tmp_path, TLS_AND_AUTH, protect_probes=True):
+        assert (await fetch(served, "/-/healthy"))[0] == 401
+        assert (await fetch(served, "/-/healthy", headers=basic("alice", PASSWORD)))[0] == 200
+
+
+async def test_verified_credentials_are_cached(served: Served) -> None:
+    auth = served.app[GUARD].auth
+    for _ in range(5):
+        assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
+    assert auth.bcrypt_calls == 1
+    for _ in range(3):  # a repeated wrong guess is not re-hashed either
+        assert (await fetch(served, "/metrics", headers=basic("alice", "guess")))[0] == 401
+    assert auth.bcrypt_calls == 2
+
+
+async def test_plain_http_on_the_tls_port_fails(served: Served) -> None:
+    plain = served.url.replace("https://", "http://")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError):
+            async with session.get(plain + "/metrics", headers=basic("alice", PASSWORD)) as r:
+                await r.read()
+
+
+async def test_tls_below_min_version_is_refused(tmp_path: Path) -> None:
+    web_yaml = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+    web_yaml += "  min_version: TLS13\n"
+    async for served in start(tmp_path, web_yaml):
+        old = served.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await fetch(served, "/metrics", ssl=old)
+        assert (await fetch(served, "/metrics"))[0] == 200
+
+
+async def test_mutual_tls(tmp_path: Path) -> None:
+    web_yaml = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+    web_yaml += "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+    async for served in start(tmp_path, web_yaml):
+        with pytest.raises(aiohttp.ClientError):
+            await fetch(served, "/metrics")
+        with_cert = served.client_context()
+        served.ca.issue_cert("prometheus@example.com").configure_cert(with_cert)
+        assert (await fetch(served, "/metrics", ssl=with_cert))[0] == 200
+        stranger = served.client_context()
+        trustme.CA().issue_cert("mallory@example.com").configure_cert(stranger)
+        with pytest.raises(aiohttp.ClientError):
+            await fetch(served, "/metrics", ssl=stranger)
+
+
+async def test_rotated_certificate_is_served_without_restart(served: Served) -> None:
+    async def peer_serial() -> int:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", int(served.url.rsplit(":", 1)[1]), ssl=served.client_context()
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        await writer.wait_closed()
+        return x509.load_der_x509_certificate(der).serial_number
+
+    before = await peer_serial()
+    await asyncio.sleep(0.01)  # a new mtime, as a real rotation would have
+    write_pki(served.directory, served.ca)  # same CA, new key and certificate
+    assert served.app[GUARD].refresh()
+    after = await peer_serial()
+    assert after != before
+    assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
+
+
+async def test_broken_web_config_on_reload_keeps_the_old_one(served: Served) -> None:
+    (served.directory / "web.yml").write_text("basic_auth_users:\n  alice: plain\n")
+    assert not served.app[GUARD].refresh()
+    assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
+    assert (await fetch(served, "/metrics"))[0] == 401
+
+
+async def test_scrape_limit_answers_503(tmp_path: Path) -> None:
+    async for served in start(tmp_path, TLS_AND_AUTH, max_requests=1):
+        guard = served.app[GUARD]
+        guard._scrapes = 1  # one scrape already in flight
+        status, _, body = await fetch(served, "/metrics", headers=basic("alice", PASSWORD))
+        assert (status, body) == (503, "too many concurrent scrapes\n")
+        guard._scrapes = 0
+        assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
+
+
+async def test_slow_client_is_disconnected(tmp_path: Path) -> None:
+    async for served in start(tmp_path, "", read_header_timeout=0.3):
+        port = int(served.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        await writer.drain()
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        assert time.monotonic() - started < 1.5
+        writer.close()
+        # A normal client on a fresh connection is still served.
+        assert (await fetch(served, "/metrics"))[0] == 200
+
+
+async def test_oversized_headers_are_refused(tmp_path: Path) -> None:
+    async for served in start(tmp_path, ""):
+        status, _, _ = await fetch(served, "/metrics", headers={"X-Big": "a" * 10000})
+        assert status in (400, 431)
+        many = {f"X-H{i}": "1" for i in range(150)}
+        assert (await fetch(served, "/metrics", headers=many))[0] in (400, 431)
+
+
+# --- upstream TLS -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def https_simulator(tmp_path: Path) -> AsyncIterator[tuple[Simulator, str, Path]]:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "upstream-ca.crt"))
+    simulator = Simulator(load_config(two_account_config("http://127.0.0.1:1", tmp_path)))
+    runner, url = await start_simulator(simulator, ssl_context=context)
+    try:
+        yield simulator, url, tmp_path
+    finally:
+        await runner.cleanup()
+
+
+async def poll_once(config_path: Path, logs: LogCapture, aiohttp_client) -> str:
+    config = load_config(config_path)
+    client = await aiohttp_client(create_app(config, logs.log, Settings(startup_window=0.01)))
+    await wait_for(lambda: logs.events("poll") and len(logs.events("poll")) >= 2)
+    return await (await client.get("/metrics")).text()
+
+
+async def test_upstream_certificate_is_verified_by_default(https_simulator, aiohttp_client):
+    _, url, directory = https_simulator
+    logs = LogCapture()
+    text = await poll_once(two_account_config(url, directory), logs, aiohttp_client)
+    assert 'koodrive_poll_errors_total{account="acme",reason="tls"} 1.0' in text
+    assert 'koodrive_up{account="acme"} 0.0' in text
+
+
+async def test_upstream_ca_file(https_simulator, aiohttp_client) -> None:
+    _, url, directory = https_simulator
+    path = two_account_config(url, directory)
+    path.write_text(
+        path.read_text().replace("defaults:\n", "defaults:\n  ca_file: upstream-ca.crt\n")
+    )
+    text = await poll_once(path, LogCapture(), aiohttp_client)
+    assert 'koodrive_up{account="acme"} 1.0' in text
+
+
+async def test_insecure_skip_verify_works_and_warns(https_simulator, aiohttp_client) -> None:
+    _, url, directory = https_simulator
+    path = two_account_config(url, directory)
+    path.write_text(
+        path.read_text().replace(
+            "  - name: beta\n", "  - name: beta\n    insecure_skip_verify: true\n"
+        )
+    )
+    logs = LogCapture()
+    text = await poll_once(path, logs, aiohttp_client)
+    assert 'koodrive_up{account="beta"} 1.0' in text
+    assert 'koodrive_up{account="acme"} 0.0' in text  # still verified, and failing
+    (warning,) = logs.events("insecure_skip_verify")
+    assert warning["account"] == "beta"
+    assert warning["level"] == "warning"
