@@ -27,7 +27,7 @@ import bcrypt
 ROUNDS = 7
 REQUESTS = 1500
 CONCURRENCY = 8
-PASSWORD = "bench-password"
+PASSWORD = "bench-password"  # noqa: S105 - a throwaway local benchmark user
 
 
 async def start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
