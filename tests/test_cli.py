@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -300,3 +301,29 @@ async def test_sigterm_while_polls_hang_exits_within_five_seconds(tmp_path: Path
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def test_container_healthcheck_probe(tmp_path: Path) -> None:
+    """The image's HEALTHCHECK command, against a live exporter and against nothing."""
+
+    async def healthcheck(port: str) -> int:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "exporter.healthcheck",
+            env={**os.environ, "KOODRIVE_HEALTHCHECK_PORT": port},
+        )  # fmt: skip
+        return await asyncio.wait_for(process.wait(), 15)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = str(sock.getsockname()[1])
+    assert await healthcheck(free) == 1
+    process = await start("--demo", "--web.listen-address", "127.0.0.1:0")
+    try:
+        assert process.stdout is not None
+        url = await read_until(process.stdout, r"^Exporter:\s+(\S+)/")
+        assert await healthcheck(url.rsplit(":", 1)[1]) == 0
+        assert await stop(process) < 5
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

