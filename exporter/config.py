@@ -212,8 +212,12 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+# libyaml's parser when PyYAML has it (it parses a 10,000-account file ~10x faster).
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_SafeLoader):  # type: ignore[misc, valid-type]
+    """A safe loader that rejects duplicate keys instead of silently keeping the last one."""
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:

@@ -16,15 +16,13 @@ from dataclasses import dataclass, field
 import aiohttp
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.process_collector import ProcessCollector
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from . import __version__
 from .client import USER_AGENT, KooDriveClient
-from .collector import KooDriveCollector
 from .config import Config, ConfigError, load_config
 from .credentials import CredentialStore
+from .exposition import Exposition
 from .httpguard import KEEPALIVE_TIMEOUT, READ_HEADER_TIMEOUT, GuardedSite, HttpGuard
 from .poller import STARTUP_WINDOW, OverviewSource, Poller
 from .state import AccountState, ExporterState
@@ -71,7 +69,7 @@ class Runtime:
 SETTINGS = web.AppKey("settings", Settings)
 RUNTIME = web.AppKey("runtime", Runtime)
 STATE = web.AppKey("state", ExporterState)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
+EXPOSITION = web.AppKey("exposition", Exposition)
 LOG = web.AppKey("log", structlog.typing.FilteringBoundLogger)
 GUARD = web.AppKey("guard", HttpGuard)
 
@@ -84,10 +82,7 @@ def create_app(
     settings = settings or Settings()
     check_telemetry_path(settings.telemetry_path)
     state = ExporterState(config.accounts, loaded_at=time.time())
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(KooDriveCollector(state))
-    ProcessCollector(registry=registry)
-    GCCollector(registry=registry)
+    exposition = Exposition(state)
 
     guard = HttpGuard(
         settings.web_config,
@@ -107,7 +102,7 @@ def create_app(
     app[SETTINGS] = settings
     app[RUNTIME] = Runtime(config=config)
     app[STATE] = state
-    app[REGISTRY] = registry
+    app[EXPOSITION] = exposition
     app[LOG] = log
     app.cleanup_ctx.append(_polling)
     app.router.add_get(settings.telemetry_path, _metrics)
@@ -129,14 +124,13 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
         try:
             config = await asyncio.to_thread(load_config, path)
         except ConfigError as exc:
-            state.reload.successful = False
+            state.reloaded(False, time.time())
             log.error("reload_failed", config_file=path, errors=exc.errors)
             return False, "\n".join(exc.errors)
         added, removed, changed = await runtime.poller.update(config.accounts)
         _warn_insecure(config, log)
         runtime.config = config
-        state.reload.successful = True
-        state.reload.last_success = time.time()
+        state.reloaded(True, time.time())
         log.info(
             "reloaded",
             config_file=path,
@@ -213,8 +207,26 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+    gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    body = request.app[EXPOSITION].render(gzipped=gzipped)
+    headers = {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Vary": "Accept-Encoding"}
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+def accepts_gzip(header: str) -> bool:
+    """True when Accept-Encoding lists gzip (or *) without q=0."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "*"):
+            continue
+        quality = params.strip().lower().removeprefix("q=")
+        try:
+            return not params or float(quality) > 0
+        except ValueError:
+            return False
+    return False
 
 
 async def _reload(request: web.Request) -> web.Response:

@@ -61,6 +61,11 @@ class ExporterState:
         self.poll_duration = DurationHistogram()
         self.reload = ReloadStatus(last_success=loaded_at)
         self._ever_ready = False
+        # For the exposition cache: accounts recorded since it last looked, a counter bumped
+        # when the account list changes, and one bumped on any change at all.
+        self.changed: set[str] = set()
+        self.layout = 0
+        self.version = 0
         self.set_accounts(accounts)
 
     def set_accounts(self, accounts: Iterable[AccountConfig]) -> None:
@@ -73,6 +78,8 @@ class ExporterState:
             state.stale_after = account.stale_after_seconds
             fresh[account.name] = state
         self.accounts = fresh
+        self.layout += 1
+        self.version += 1
 
     def record(self, snapshot: Snapshot) -> None:
         state = self.accounts.get(snapshot.account)
@@ -84,6 +91,14 @@ class ExporterState:
         for reason in snapshot.failures:
             state.errors[reason] = state.errors.get(reason, 0) + 1
         self.poll_duration.observe(snapshot.duration)
+        self.changed.add(snapshot.account)
+        self.version += 1
+
+    def reloaded(self, successful: bool, at: float) -> None:
+        self.reload.successful = successful
+        if successful:
+            self.reload.last_success = at
+        self.version += 1
 
     @property
     def ready(self) -> bool:

@@ -122,8 +122,7 @@ async def test_demo_is_up_within_five_seconds_and_stops_cleanly() -> None:
         while time.monotonic() - started < 5 and not both_up:
             text = await metrics_text(url)
             both_up = all(
-                f'koodrive_up{{account="{name}"}} 1.0' in text
-                for name in ("demo-app", "demo-token")
+                f'koodrive_up{{account="{name}"}} 1' in text for name in ("demo-app", "demo-token")
             )
             await asyncio.sleep(0.05)
         up_after = time.monotonic() - started
@@ -159,12 +158,12 @@ async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None
         text = ""
         while time.monotonic() < deadline:
             text = await metrics_text(urls[0] + "/metrics")
-            if text.count("koodrive_up{") == 2 and " 0.0" not in _up_lines(text):
+            if all(line.endswith(" 1") for line in _up_lines(text)) and text.count("_up{") == 2:
                 break
             await asyncio.sleep(0.1)
         assert _up_lines(text) == [
-            'koodrive_up{account="acme"} 1.0',
-            'koodrive_up{account="beta"} 1.0',
+            'koodrive_up{account="acme"} 1',
+            'koodrive_up{account="beta"} 1',
         ]
         for name in ("acme", "beta"):
             growth = Growth.for_account(name)
@@ -256,12 +255,12 @@ async def wait_metrics(url: str, predicate, timeout: float = 6) -> str:
 async def test_sighup_adds_an_account(tmp_path: Path) -> None:
     simulator, exporter, _, url, config = await start_pair(tmp_path, sim_extra=GAMMA)
     try:
-        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1.0' in t)
+        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1' in t)
         config.write_text(config.read_text() + GAMMA)
         exporter.send_signal(signal.SIGHUP)
-        text = await wait_metrics(url, lambda t: 'koodrive_up{account="gamma"} 1.0' in t)
-        assert 'koodrive_up{account="acme"} 1.0' in text
-        assert "koodrive_exporter_config_last_reload_successful 1.0" in text
+        text = await wait_metrics(url, lambda t: 'koodrive_up{account="gamma"} 1' in t)
+        assert 'koodrive_up{account="acme"} 1' in text
+        assert "koodrive_exporter_config_last_reload_successful 1" in text
         assert await stop(exporter) < 5
     finally:
         for process in (exporter, simulator):
@@ -273,7 +272,7 @@ async def test_sighup_adds_an_account(tmp_path: Path) -> None:
 async def test_sigterm_while_polls_hang_exits_within_five_seconds(tmp_path: Path) -> None:
     simulator, exporter, sim_url, url, _ = await start_pair(tmp_path, interval="10s")
     try:
-        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1.0' in t)
+        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1' in t)
         async with aiohttp.ClientSession() as session:
             for name in ("acme", "beta"):
                 fault_url = f"{sim_url}/-/sim/accounts/{name}/fault"

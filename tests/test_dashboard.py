@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import KooDriveCollector
 from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.exposition import Exposition
 from exporter.model import Reason, Snapshot, UsageBytes
 from exporter.state import ExporterState
 
@@ -58,8 +59,10 @@ def exported_metric_names() -> set[str]:
     state.record(Snapshot("a", 1.0, 0.1, "t", usage=usage))
     failed = Snapshot("a", 2.0, 0.1, "t", reason=Reason.AUTH, failures=(Reason.AUTH,))
     state.record(dataclasses.replace(failed, clock_skew=0.5))
-    collector = KooDriveCollector(state, clock=lambda: 1.5)
-    return {sample.name for family in collector.collect() for sample in family.samples}
+    text = Exposition(state, clock=lambda: 1.5).render().decode()
+    return {
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    }
 
 
 def recorded_names() -> set[str]:

@@ -278,8 +278,8 @@ async def test_upstream_certificate_is_verified_by_default(https_simulator, aioh
     _, url, directory = https_simulator
     logs = LogCapture()
     text = await poll_once(two_account_config(url, directory), logs, aiohttp_client)
-    assert 'koodrive_poll_errors_total{account="acme",reason="tls"} 1.0' in text
-    assert 'koodrive_up{account="acme"} 0.0' in text
+    assert 'koodrive_poll_errors_total{account="acme",reason="tls"} 1' in text
+    assert 'koodrive_up{account="acme"} 0' in text
 
 
 async def test_upstream_ca_file(https_simulator, aiohttp_client) -> None:
@@ -289,7 +289,7 @@ async def test_upstream_ca_file(https_simulator, aiohttp_client) -> None:
         path.read_text().replace("defaults:\n", "defaults:\n  ca_file: upstream-ca.crt\n")
     )
     text = await poll_once(path, LogCapture(), aiohttp_client)
-    assert 'koodrive_up{account="acme"} 1.0' in text
+    assert 'koodrive_up{account="acme"} 1' in text
 
 
 async def test_insecure_skip_verify_works_and_warns(https_simulator, aiohttp_client) -> None:
@@ -302,8 +302,8 @@ async def test_insecure_skip_verify_works_and_warns(https_simulator, aiohttp_cli
     )
     logs = LogCapture()
     text = await poll_once(path, logs, aiohttp_client)
-    assert 'koodrive_up{account="beta"} 1.0' in text
-    assert 'koodrive_up{account="acme"} 0.0' in text  # still verified, and failing
+    assert 'koodrive_up{account="beta"} 1' in text
+    assert 'koodrive_up{account="acme"} 0' in text  # still verified, and failing
     (warning,) = logs.events("insecure_skip_verify")
     assert warning["account"] == "beta"
     assert warning["level"] == "warning"

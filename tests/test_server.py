@@ -42,9 +42,9 @@ async def test_health_readiness_and_metrics(aiohttp_client, logs) -> None:
     assert metrics.status == 200
     assert metrics.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = await metrics.text()
-    assert 'koodrive_space_used_bytes{account="fast"} 5000.0' in text
-    assert 'koodrive_space_capacity_bytes{account="slow"} 10000.0' in text
-    assert 'koodrive_up{account="slow"} 1.0' in text
+    assert 'koodrive_space_used_bytes{account="fast"} 5000' in text
+    assert 'koodrive_space_capacity_bytes{account="slow"} 10000' in text
+    assert 'koodrive_up{account="slow"} 1' in text
     assert "process_resident_memory_bytes" in text
     assert "python_gc_objects_collected_total" in text
 

@@ -1,15 +1,15 @@
-"""The collector renders exactly what the state holds, and nothing before it knows."""
+"""The pre-rendered exposition shows exactly what the state holds, and nothing more."""
 
 from __future__ import annotations
 
 import dataclasses
 import platform
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
-from exporter.collector import KooDriveCollector
 from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.exposition import Exposition
 from exporter.model import Reason, Snapshot, UsageBytes
 from exporter.state import ExporterState
 
@@ -22,10 +22,23 @@ class Clock:
         return self.now
 
 
-def registry_for(state: ExporterState, clock: Clock | None = None) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(KooDriveCollector(state, clock or Clock(1700000001.0)))
-    return registry
+class Scraper:
+    """Reads sample values from the exposition the way Prometheus' parser sees them."""
+
+    def __init__(self, state: ExporterState, clock: Clock | None = None) -> None:
+        self.exposition = Exposition(state, clock=clock or Clock(1700000001.0))
+
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        text = self.exposition.render().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == (labels or {}):
+                    return sample.value
+        return None
+
+
+def registry_for(state: ExporterState, clock: Clock | None = None) -> Scraper:
+    return Scraper(state, clock)
 
 
 def accounts(*names: str, interval: float = 60.0) -> list[AccountConfig]:
@@ -94,7 +107,7 @@ def test_poll_duration_histogram_buckets() -> None:
 def test_exposition_has_help_types_no_timestamps_and_escaped_labels() -> None:
     state = ExporterState(accounts('we"ird\\name\n'))
     state.record(ok('we"ird\\name\n', at=5.0, used=7))
-    text = generate_latest(registry_for(state)).decode()
+    text = registry_for(state).exposition.render().decode()
     assert 'account="we\\"ird\\\\name\\n"' in text
     assert "# HELP koodrive_space_used_bytes" in text
     assert "cached" in text.lower()
@@ -134,5 +147,67 @@ def test_clock_skew_and_reload_metrics() -> None:
     assert registry.get_sample_value("koodrive_exporter_config_last_reload_successful") == 1
     name = "koodrive_exporter_config_last_reload_success_timestamp_seconds"
     assert registry.get_sample_value(name) == 1234.5
-    state.reload.successful = False
+    state.reloaded(False, 2000.0)
     assert registry.get_sample_value("koodrive_exporter_config_last_reload_successful") == 0
+
+
+def test_scrapes_reuse_the_rendered_bytes_until_something_changes() -> None:
+    state = ExporterState(accounts("a", "b"))
+    clock = Clock(1000.0)
+    exposition = Exposition(state, clock=clock, process_metrics=False)
+    state.record(ok("a", at=999.0, used=5))
+    first = exposition.render()
+    assert exposition.render() is first  # cached: no rendering at all
+    state.record(ok("b", at=999.5, used=7))
+    second = exposition.render()
+    assert second is not first
+    assert b'koodrive_space_used_bytes{account="b"} 7\n' in second
+    assert b'koodrive_space_used_bytes{account="a"} 5\n' in second
+
+
+def test_gzip_is_cached_and_decodes_to_the_plain_body() -> None:
+    import gzip
+
+    state = ExporterState(accounts("a"))
+    state.record(ok("a", at=1.0, used=5))
+    exposition = Exposition(state, clock=Clock(2.0), process_metrics=False)
+    packed = exposition.render(gzipped=True)
+    assert exposition.render(gzipped=True) is packed
+    assert gzip.decompress(packed) == exposition.render()
+
+
+def test_a_poll_re_renders_only_its_chunk(monkeypatch) -> None:
+    import exporter.exposition as module
+
+    names = [f"tenant-{i:04d}" for i in range(3 * module.CHUNK)]
+    state = ExporterState(accounts(*names))
+    for name in names:
+        state.record(ok(name, at=1.0, used=1))
+    exposition = Exposition(state, clock=Clock(2.0), process_metrics=False)
+    exposition.render()
+    calls: list[str] = []
+    original = module.account_lines
+    monkeypatch.setattr(module, "account_lines", lambda n, a: calls.append(n) or original(n, a))
+    state.record(ok(names[300], at=1.5, used=42))
+    body = exposition.render().decode()
+    assert calls == [names[300]]
+    assert f'koodrive_space_used_bytes{{account="{names[300]}"}} 42\n' in body
+    assert body.count("koodrive_space_used_bytes{") == len(names)
+
+
+def test_large_exposition_passes_promtool(promtool: str) -> None:
+    import subprocess
+
+    names = [f'tenant "{i}"\\x' for i in range(600)]
+    state = ExporterState(accounts(*names))
+    for i, name in enumerate(names):
+        state.record(ok(name, at=1.0, used=i) if i % 3 else failed(name, Reason.AUTH))
+    text = Exposition(state, clock=Clock(2.0)).render().decode()
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+    assert "process_resident_memory_bytes" in text
+    assert "koodrive_exporter_shard_accounts 600\n" in text
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert "koodrive_poll_errors" in families
