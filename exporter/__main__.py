@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import platform
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -26,6 +28,7 @@ from .server import (
     request_reload,
     serve,
 )
+from .sharding import resolve_index
 from .simulator import Simulator, start_simulator
 from .webconfig import WebConfig, load_web_config
 
@@ -42,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_listen_address(args.listen_address)
         if args.max_requests < 1:
             raise ValueError("--web.max-requests must be at least 1")
+        if args.shard_count < 1:
+            raise ValueError("--shard.count must be at least 1")
+        args.shard_index = resolve_index(
+            args.shard_index, args.shard_count, os.environ.get("HOSTNAME") or socket.gethostname()
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -115,6 +123,19 @@ def _parser() -> argparse.ArgumentParser:
         help="require basic auth on /-/healthy and /-/ready too (default: they are open)",
     )
     parser.add_argument(
+        "--shard.count",
+        dest="shard_count",
+        type=int,
+        default=1,
+        help="number of replicas sharing the accounts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shard.index",
+        dest="shard_index",
+        default="0",
+        help="this replica's shard, 0..count-1, or auto for a StatefulSet pod's ordinal",
+    )
+    parser.add_argument(
         "--web.enable-lifecycle",
         dest="enable_lifecycle",
         action="store_true",
@@ -172,6 +193,8 @@ def _settings(args: argparse.Namespace, web_config: WebConfig | None) -> Setting
         web_config_file=args.web_config_file,
         max_requests=args.max_requests,
         protect_probes=args.protect_probes,
+        shard_count=args.shard_count,
+        shard_index=args.shard_index,
     )
 
 
@@ -191,7 +214,11 @@ async def _run(
     web_config: WebConfig | None,
 ) -> int:
     log.info(
-        "starting", version=__version__, accounts=len(config.accounts), config_file=config.source
+        "starting",
+        version=__version__,
+        accounts=len(config.accounts),
+        config_file=config.source,
+        shard=f"{args.shard_index}/{args.shard_count}",
     )
     settings = dataclasses.replace(
         _settings(args, web_config),

@@ -135,6 +135,8 @@ class AccountConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     accounts: tuple[AccountConfig, ...]
+    # Polls in flight at once, over all accounts (top-level key `max_concurrency`).
+    max_concurrency: int = 64
     source: str = field(default="<memory>", compare=False)
 
 
@@ -176,9 +178,10 @@ def parse_config(
         raise ConfigError([f"{source}: invalid YAML: {_yaml_reason(exc)}"]) from None
     checker = _Checker(env=os.environ if env is None else env, base_dir=base_dir or Path.cwd())
     accounts = checker.document(raw)
+    concurrency = checker.max_concurrency(raw)
     if checker.errors:
         raise ConfigError(checker.errors)
-    return Config(accounts=tuple(accounts), source=source)
+    return Config(accounts=tuple(accounts), max_concurrency=concurrency, source=source)
 
 
 def parse_duration(value: object) -> float:
@@ -247,6 +250,13 @@ class _Checker:
     def error(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}" if path else message)
 
+    def max_concurrency(self, raw: object) -> int:
+        value = raw.get("max_concurrency", 64) if isinstance(raw, dict) else 64
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+            self.error("max_concurrency", f"must be a whole number from 1 to 4096 (got {value!r})")
+            return 64
+        return value
+
     def document(self, raw: object) -> list[AccountConfig]:
         if raw is None:
             self.error("", "config is empty: it needs an `accounts` list")
@@ -254,7 +264,7 @@ class _Checker:
         if not isinstance(raw, dict):
             self.error("", "config must be a mapping with `defaults` and `accounts`")
             return []
-        self.unknown_keys("", raw, {"defaults", "accounts"})
+        self.unknown_keys("", raw, {"defaults", "accounts", "max_concurrency"})
         defaults = dict(BUILTIN_DEFAULTS)
         raw_defaults = raw.get("defaults")
         if raw_defaults is not None:

@@ -64,6 +64,7 @@ class Poller:
         rng: random.Random | None = None,
         startup_window: float = STARTUP_WINDOW,
         timeout_grace: float = TIMEOUT_GRACE,
+        max_concurrency: int = 64,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._accounts = {account.name: account for account in accounts}
@@ -75,6 +76,10 @@ class Poller:
         self._timeout_grace = timeout_grace
         self._wall_clock = wall_clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Requests in flight over all accounts: thousands of accounts must not open
+        # thousands of connections at once (backoff sleeps do not hold a slot).
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._max_concurrency = max_concurrency
 
     def start(self) -> None:
         for account in self._accounts.values():
@@ -83,12 +88,17 @@ class Poller:
     async def stop(self) -> None:
         await self._cancel(list(self._tasks))
 
-    async def update(self, accounts: Iterable[AccountConfig]) -> tuple[int, int, int]:
+    async def update(
+        self, accounts: Iterable[AccountConfig], max_concurrency: int | None = None
+    ) -> tuple[int, int, int]:
         """Adopt a reloaded account list; returns (added, removed, changed).
 
         Unchanged accounts keep their loop and their data; changed ones restart their loop
         (keeping their last values until the new config has polled); removed ones stop.
         """
+        if max_concurrency is not None and max_concurrency != self._max_concurrency:
+            self._slots = asyncio.Semaphore(max_concurrency)
+            self._max_concurrency = max_concurrency
         new = {account.name: account for account in accounts}
         removed = [name for name in self._accounts if name not in new]
         changed = [n for n, a in new.items() if n in self._accounts and self._accounts[n] != a]
@@ -114,10 +124,18 @@ class Poller:
     async def _run(self, account: AccountConfig) -> None:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(first_delay(self._rng, account.interval, self._startup_window))
+        first = True
         while True:
             started = loop.time()
             snapshot = await self.poll_once(account)
-            due = started + next_delay(self._rng, account.interval)
+            if first:
+                # The first round ran within seconds for a quick readiness; the second is
+                # placed anywhere in the next 0.5-1.5 intervals, so the accounts' phases
+                # spread evenly over the interval instead of bunching where they started.
+                first = False
+                due = started + account.interval * self._rng.uniform(0.5, 1.5)
+            else:
+                due = started + next_delay(self._rng, account.interval)
             if snapshot.retry_after is not None:  # never undercut the upstream's wish
                 due = max(due, loop.time() + snapshot.retry_after)
             await asyncio.sleep(max(0.0, due - loop.time()))
@@ -187,7 +205,7 @@ class Poller:
     async def _attempt(self, account: AccountConfig, trace_id: str) -> Usage:
         """One request, with every failure turned into a FetchError."""
         try:
-            async with asyncio.timeout(account.timeout + self._timeout_grace):
+            async with self._slots, asyncio.timeout(account.timeout + self._timeout_grace):
                 return await self._source.overview(account, trace_id)
         except FetchError:
             raise

@@ -25,13 +25,12 @@ from .credentials import CredentialStore
 from .exposition import Exposition
 from .httpguard import KEEPALIVE_TIMEOUT, READ_HEADER_TIMEOUT, GuardedSite, HttpGuard
 from .poller import STARTUP_WINDOW, OverviewSource, Poller
+from .sharding import owned
 from .state import AccountState, ExporterState
 from .webconfig import WebConfig
 
 RESERVED_PATHS = frozenset({"/", "/-/healthy", "/-/ready", "/-/reload"})
 LANDING_ROWS = 500
-# Concurrent upstream connections per process; keep-alive reuses them across polls.
-CONNECTION_LIMIT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +51,9 @@ class Settings:
     protect_probes: bool = False
     # A client that starts a request must send its whole head within this time.
     read_header_timeout: float = READ_HEADER_TIMEOUT
+    # Sharding: this replica polls the accounts that rendezvous hashing gives index of count.
+    shard_count: int = 1
+    shard_index: int = 0
     # Tests swap the real client for a fake; None means the real KooDrive client.
     source_factory: Callable[[aiohttp.ClientSession], OverviewSource] | None = None
 
@@ -81,7 +83,9 @@ def create_app(
 ) -> web.Application:
     settings = settings or Settings()
     check_telemetry_path(settings.telemetry_path)
-    state = ExporterState(config.accounts, loaded_at=time.time())
+    state = ExporterState(
+        owned(config.accounts, settings.shard_count, settings.shard_index), loaded_at=time.time()
+    )
     exposition = Exposition(state)
 
     guard = HttpGuard(
@@ -127,14 +131,16 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
             state.reloaded(False, time.time())
             log.error("reload_failed", config_file=path, errors=exc.errors)
             return False, "\n".join(exc.errors)
-        added, removed, changed = await runtime.poller.update(config.accounts)
+        settings = app[SETTINGS]
+        mine = owned(config.accounts, settings.shard_count, settings.shard_index)
+        added, removed, changed = await runtime.poller.update(mine, config.max_concurrency)
         _warn_insecure(config, log)
         runtime.config = config
         state.reloaded(True, time.time())
         log.info(
             "reloaded",
             config_file=path,
-            accounts=len(config.accounts),
+            accounts=len(mine),
             added=added,
             removed=removed,
             changed=changed,
@@ -172,9 +178,11 @@ def check_telemetry_path(path: str) -> None:
 
 
 async def _polling(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+    settings, runtime = app[SETTINGS], app[RUNTIME]
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT, ttl_dns_cache=300),
+        # No connector cap: the poller's max_concurrency bounds requests in flight (and so
+        # the keep-alive pool per upstream host), and follows reloads.
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
         headers={"User-Agent": USER_AGENT},
     )
     source: OverviewSource
@@ -182,14 +190,14 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
         source = settings.source_factory(session)
     else:
         source = KooDriveClient(session, CredentialStore())
-    runtime = app[RUNTIME]
     poller = Poller(
-        runtime.config.accounts,
+        owned(runtime.config.accounts, settings.shard_count, settings.shard_index),
         source,
         app[STATE],
         app[LOG],
         rng=random.Random(),  # noqa: S311 - scheduling jitter
         startup_window=settings.startup_window,
+        max_concurrency=runtime.config.max_concurrency,
     )
     poller.start()
     runtime.poller = poller
