@@ -53,6 +53,8 @@ class KooDriveClient:
         self._skews: dict[tuple[str, str], SkewEstimator] = {}
         self._host_offsets: dict[str, float] = {}
         self._tls: dict[Path, ssl.SSLContext] = {}
+        # Responses within one second share their Date header: parse each value once.
+        self._last_date: tuple[str | None, float | None] = (None, None)
 
     def new_trace_id(self) -> str:
         return new_trace_id(self._rng)
@@ -123,6 +125,13 @@ class KooDriveClient:
             )
         return context
 
+    def _server_date(self, header: str | None) -> float | None:
+        text, value = self._last_date
+        if header != text:
+            value = parse_http_date(header)
+            self._last_date = (header, value)
+        return value
+
     async def _get(
         self,
         url: URL,
@@ -142,7 +151,7 @@ class KooDriveClient:
                 ssl=tls,
             ) as response:
                 received_at = self._clock()
-                server_date = parse_http_date(response.headers.get("Date"))
+                server_date = self._server_date(response.headers.get("Date"))
                 if server_date is not None:
                     skew.observe(server_date, sent_at, received_at)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), received_at)

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import os
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -185,12 +186,30 @@ class HttpGuard:
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self._log.error("web_config_reload_failed", errors=[str(exc)])
 
+    async def sweep(self) -> None:
+        """Close connections that started a request head but did not finish it in time.
+
+        One pass over the connections now and then, instead of a timer per request, keeps
+        the scrape path cheap: a request costs two attribute writes here.
+        """
+        period = min(1.0, self.read_header_timeout / 3)
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - self.read_header_timeout
+            for connection in list(self.connections.values()):
+                since = connection.waiting_since
+                if connection.busy == 0 and since is not None and since < deadline:
+                    connection.close()
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         connection = self.connections.get(request.transport)
         if connection is not None:
-            connection.request_started()
+            connection.busy += 1
+            connection.waiting_since = None
         try:
+            if not self.config.headers:
+                return await self._handle(request, handler)
             try:
                 response = await self._handle(request, handler)
             except web.HTTPException as exc:
@@ -200,11 +219,10 @@ class HttpGuard:
             return response
         finally:
             if connection is not None:
-                connection.request_done()
+                connection.busy -= 1
 
     async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        needs_auth = self._protect_probes or request.path not in PROBE_PATHS
-        if self.config.users and needs_auth:
+        if self.config.users and (self._protect_probes or request.path not in PROBE_PATHS):
             user = await self.auth.check(request.headers.get("Authorization"))
             if user is None:
                 return web.Response(
@@ -224,31 +242,33 @@ class HttpGuard:
 
 
 class GuardProtocol(asyncio.Protocol):
-    """Wraps aiohttp's per-connection protocol to enforce a deadline on request heads."""
+    """Wraps aiohttp's per-connection protocol to track how long a request head takes."""
+
+    __slots__ = ("_guard", "_inner", "_transport", "busy", "waiting_since")
 
     def __init__(self, inner: asyncio.Protocol, guard: HttpGuard) -> None:
         self._inner = inner
         self._guard = guard
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._busy = 0
+        self._transport: asyncio.BaseTransport | None = None
+        self.busy = 0
+        # When the client started (or connected) without its request having started yet.
+        self.waiting_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
+        self.waiting_since = time.monotonic()
         self._guard.connections[transport] = self
-        self._arm()
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._busy == 0 and self._timer is None:
-            self._arm()
+        if self.waiting_since is None and self.busy == 0:
+            self.waiting_since = time.monotonic()
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
         self._guard.connections.pop(self._transport, None)
         self._inner.connection_lost(exc)
 
@@ -258,25 +278,8 @@ class GuardProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._inner.resume_writing()
 
-    def request_started(self) -> None:
-        self._busy += 1
-        self._disarm()
-
-    def request_done(self) -> None:
-        self._busy -= 1
-
-    def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._guard.read_header_timeout, self._expire)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        self._timer = None
-        if self._busy == 0 and self._transport is not None:
+    def close(self) -> None:
+        if self._transport is not None:
             self._transport.close()
 
 

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import aiohttp
 import structlog
@@ -202,6 +203,7 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
     poller.start()
     runtime.poller = poller
     runtime.background.add(asyncio.create_task(app[GUARD].watch(), name="web-config-watch"))
+    runtime.background.add(asyncio.create_task(app[GUARD].sweep(), name="slow-client-sweep"))
     _warn_insecure(runtime.config, app[LOG])
     try:
         yield
@@ -214,13 +216,14 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+_PLAIN = MappingProxyType({"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Vary": "Accept-Encoding"})
+_GZIPPED = MappingProxyType({**_PLAIN, "Content-Encoding": "gzip"})
+
+
 async def _metrics(request: web.Request) -> web.Response:
     gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
     body = request.app[EXPOSITION].render(gzipped=gzipped)
-    headers = {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Vary": "Accept-Encoding"}
-    if gzipped:
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
+    return web.Response(body=body, headers=_GZIPPED if gzipped else _PLAIN)
 
 
 def accepts_gzip(header: str) -> bool:
