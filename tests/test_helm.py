@@ -94,6 +94,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "prometheusRule": {"enabled": True},
         "grafanaDashboard": {"enabled": True},
     },
+    "sharded statefulset": {
+        "config": ACCOUNTS,
+        "existingSecret": "koodrive-credentials",
+        "mode": "statefulset",
+        "replicaCount": 3,
+        "serviceMonitor": {"enabled": True},
+    },
     "everything off": {
         "config": ACCOUNTS,
         "existingSecret": "koodrive-credentials",
@@ -132,7 +139,7 @@ def test_chart_lints_clean(values: dict[str, Any]) -> None:
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_core_manifests_validate_strictly(values: dict[str, Any]) -> None:
     manifests = render(values)
-    assert "Deployment/kx-koodrive-exporter" in manifests
+    assert {"Deployment/kx-koodrive-exporter", "StatefulSet/kx-koodrive-exporter"} & set(manifests)
     for key, manifest in manifests.items():
         if manifest["kind"] in CRD_KINDS:
             continue
@@ -262,3 +269,20 @@ def test_dockerfile_is_hadolint_clean() -> None:
     assert 'ENTRYPOINT ["koodrive-exporter"]' in dockerfile
     assert "HEALTHCHECK" in dockerfile
     assert "EXPOSE 9877" in dockerfile
+
+
+def test_statefulset_mode_shards_by_pod_ordinal() -> None:
+    manifests = render(VALUE_SETS["sharded statefulset"])
+    assert "Deployment/kx-koodrive-exporter" not in manifests
+    statefulset = manifests["StatefulSet/kx-koodrive-exporter"]
+    assert statefulset["spec"]["replicas"] == 3
+    assert statefulset["spec"]["serviceName"] == "kx-koodrive-exporter-headless"
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    assert "--shard.count=3" in container["args"]
+    assert "--shard.index=auto" in container["args"]
+    assert manifests["Service/kx-koodrive-exporter-headless"]["spec"]["clusterIP"] == "None"
+    # The ServiceMonitor selects the pods through the Service: every shard is scraped.
+    monitor = manifests["ServiceMonitor/kx-koodrive-exporter"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
