@@ -151,15 +151,28 @@ def read_secret_file(path: Path) -> str:
     return path.read_text(encoding="utf-8").rstrip("\r\n")
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file; raise ConfigError listing every problem."""
-    file = Path(path)
+def read_config_file(file: Path) -> str:
+    """A config file's text, or a ConfigError that says why not."""
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{file}: no such file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{file}: cannot read: {_os_reason(exc)}"]) from None
+
+
+def load_yaml(text: str, source: str) -> object:
+    """Parse YAML safely, refusing duplicate keys, with errors that point at the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a safe loader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {_yaml_reason(exc)}"]) from None
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    file = Path(path)
+    text = read_config_file(file)
     return parse_config(
         text, source=str(file), env=os.environ if env is None else env, base_dir=file.parent
     )
@@ -172,10 +185,7 @@ def parse_config(
     env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
 ) -> Config:
-    try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: invalid YAML: {_yaml_reason(exc)}"]) from None
+    raw = load_yaml(text, source)
     checker = _Checker(env=os.environ if env is None else env, base_dir=base_dir or Path.cwd())
     accounts = checker.document(raw)
     concurrency = checker.max_concurrency(raw)
@@ -246,6 +256,7 @@ class _Checker:
         self.env = env
         self.base_dir = base_dir
         self.errors: list[str] = []
+        self.good_ca_files: set[Path] = set()
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}" if path else message)
@@ -412,7 +423,9 @@ class _Checker:
         name = self.required_string(path, raw)
         if name is None:
             return None
-        file = Path(name) if Path(name).is_absolute() else self.base_dir / name
+        file = self.resolve(name)
+        if file in self.good_ca_files:
+            return file
         try:
             ssl.create_default_context(cafile=file)
         except FileNotFoundError:
@@ -421,7 +434,13 @@ class _Checker:
         except (OSError, ssl.SSLError) as exc:
             self.error(path, f"not a readable PEM CA bundle: {file} ({exc})")
             return None
+        self.good_ca_files.add(file)
         return file
+
+    def resolve(self, name: str) -> Path:
+        """Relative paths are relative to the config file, as Prometheus does it."""
+        file = Path(name)
+        return file if file.is_absolute() else self.base_dir / file
 
     def boolean(self, path: str, raw: object) -> bool | None:
         if not isinstance(raw, bool):
@@ -495,9 +514,7 @@ class _Checker:
             name = self.required_string(f"{path}.{file_key}", raw[file_key])
             if name is None:
                 return None
-            file = Path(name)
-            if not file.is_absolute():
-                file = self.base_dir / file
+            file = self.resolve(name)
             if self.check_secret_file(f"{path}.{file_key}", file):
                 return SecretRef(key=file_key, path=file)
             return None

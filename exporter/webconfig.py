@@ -14,9 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .config import ConfigError, Secret, file_identity
+from .config import ConfigError, Secret, file_identity, load_yaml, read_config_file
 
 CLIENT_AUTH_TYPES = (
     "NoClientCert",
@@ -77,16 +75,7 @@ class WebConfig:
 
 def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{file}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{file}: cannot read: {exc}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{file}: invalid YAML: {exc}"]) from None
+    raw = load_yaml(read_config_file(file), str(file))
     errors: list[str] = []
     config = _parse(raw or {}, file.parent, errors)
     if errors:
