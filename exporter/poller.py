@@ -21,8 +21,10 @@ from .model import FetchError, Reason, Snapshot, Usage
 from .state import ExporterState
 
 # The first round is spread over a few seconds, not over a whole interval: readiness should
-# come quickly, but a thousand accounts must not all fire in the same millisecond.
-STARTUP_WINDOW = 2.0
+# come quickly, but a thousand accounts must not all fire in the same millisecond. The
+# window grows with the account count (STARTUP_RATE first polls a second), up to a cap.
+STARTUP_RATE = 1000.0
+STARTUP_WINDOW_MAX = 10.0
 JITTER = 0.10
 # The client enforces the per-request timeout; this outer guard only exists so that a bug
 # below it can never wedge an account's loop.
@@ -39,7 +41,12 @@ class OverviewSource(Protocol):
     def clock_skew(self, account: AccountConfig) -> float | None: ...
 
 
-def first_delay(rng: random.Random, interval: float, window: float = STARTUP_WINDOW) -> float:
+def startup_window(accounts: int) -> float:
+    """One account starts at once; 1,000 within a second; 10,000 within ten."""
+    return min(STARTUP_WINDOW_MAX, accounts / STARTUP_RATE)
+
+
+def first_delay(rng: random.Random, interval: float, window: float) -> float:
     return rng.uniform(0.0, min(window, interval))
 
 
@@ -62,7 +69,7 @@ class Poller:
         log: structlog.typing.FilteringBoundLogger,
         *,
         rng: random.Random | None = None,
-        startup_window: float = STARTUP_WINDOW,
+        startup_window: float | None = None,
         timeout_grace: float = TIMEOUT_GRACE,
         max_concurrency: int = 64,
         wall_clock: Callable[[], float] = time.time,
@@ -72,7 +79,7 @@ class Poller:
         self._state = state
         self._log = log
         self._rng = rng or random.Random()  # noqa: S311 - scheduling jitter, not security
-        self._startup_window = startup_window
+        self._startup_window = startup_window  # None: startup_window(len(accounts))
         self._timeout_grace = timeout_grace
         self._wall_clock = wall_clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -82,6 +89,8 @@ class Poller:
         self._max_concurrency = max_concurrency
 
     def start(self) -> None:
+        if self._startup_window is None:
+            self._startup_window = startup_window(len(self._accounts))
         for account in self._accounts.values():
             self._start(account)
 
@@ -123,7 +132,8 @@ class Poller:
 
     async def _run(self, account: AccountConfig) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(first_delay(self._rng, account.interval, self._startup_window))
+        window = self._startup_window if self._startup_window is not None else 0.0
+        await asyncio.sleep(first_delay(self._rng, account.interval, window))
         first = True
         while True:
             started = loop.time()

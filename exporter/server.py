@@ -25,7 +25,7 @@ from .config import Config, ConfigError, load_config
 from .credentials import CredentialStore
 from .exposition import Exposition
 from .httpguard import KEEPALIVE_TIMEOUT, READ_HEADER_TIMEOUT, GuardedSite, HttpGuard
-from .poller import STARTUP_WINDOW, OverviewSource, Poller
+from .poller import OverviewSource, Poller
 from .sharding import owned
 from .state import AccountState, ExporterState
 from .webconfig import WebConfig
@@ -37,7 +37,8 @@ LANDING_ROWS = 500
 @dataclass(frozen=True, slots=True)
 class Settings:
     telemetry_path: str = "/metrics"
-    startup_window: float = STARTUP_WINDOW
+    # Seconds over which the first round is spread; None grows it with the account count.
+    startup_window: float | None = None
     # The file reloads read; None (demo, tests) means reloading is not possible.
     config_file: str | None = None
     # Allow POST /-/reload (SIGHUP always works), as Prometheus' --web.enable-lifecycle.

@@ -11,7 +11,14 @@ import pytest
 
 from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.model import FetchError, Reason, Usage
-from exporter.poller import JITTER, Poller, backoff_delay, first_delay, next_delay
+from exporter.poller import (
+    JITTER,
+    Poller,
+    backoff_delay,
+    first_delay,
+    next_delay,
+    startup_window,
+)
 from exporter.state import ExporterState
 
 
@@ -81,6 +88,13 @@ def make_poller(accounts, source, logs, state=None, window=0.01) -> tuple[Poller
     state = state or ExporterState(accounts)
     poller = Poller(accounts, source, state, logs.log, rng=random.Random(3), startup_window=window)
     return poller, state
+
+
+def test_startup_window_grows_with_the_account_count() -> None:
+    assert startup_window(1) == 0.001
+    assert startup_window(1000) == 1.0
+    assert startup_window(10_000) == 10.0
+    assert startup_window(50_000) == 10.0
 
 
 def test_first_delay_is_within_the_startup_window_not_the_interval() -> None:
