@@ -2,7 +2,7 @@
 
     python bench/peers.py stock    --accounts N --port P   # prometheus_client start_http_server
     python bench/peers.py aio      --accounts N --port P   # a prometheus-aioexporter exporter
-    python bench/peers.py ceiling  --accounts N --port P   # aiohttp serving pre-rendered bytes
+    python bench/peers.py ceiling  --body FILE --port P    # aiohttp serving FILE's bytes
     python bench/peers.py text     --accounts N            # the exposition text (for pushgateway)
 
 All bind 127.0.0.1 only and run until killed (the suite stops them).
@@ -20,11 +20,13 @@ GAUGES = (
     ("koodrive_space_allocated_bytes", "Total space allocated in bytes."),
     ("koodrive_up", "1 if the last poll succeeded."),
     ("koodrive_last_success_timestamp_seconds", "Unix time of the last success."),
+    ("koodrive_last_poll_duration_seconds", "Duration of the last poll."),
+    ("koodrive_clock_skew_seconds", "Server minus local clock."),
 )
 
 
 def value(gauge: int, account: int) -> float:
-    return float([1 << 40, (1 << 39) + account, 1 << 38, 1, 1.7e9 + account][gauge])
+    return float([1 << 40, (1 << 39) + account, 1 << 38, 1, 1.7e9 + account, 0.012, -0.4][gauge])
 
 
 def names(count: int) -> list[str]:
@@ -80,10 +82,8 @@ def aio(count: int, port: int) -> None:
     Peer()("-H", "127.0.0.1", "-p", str(port), "-L", "error")
 
 
-def ceiling(count: int, port: int) -> None:
+def ceiling(body: bytes, port: int) -> None:
     from aiohttp import web
-
-    body = text(count).encode()
 
     async def handler(_: web.Request) -> web.Response:
         return web.Response(body=body, content_type="text/plain")
@@ -96,13 +96,17 @@ def ceiling(count: int, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=["stock", "aio", "ceiling", "text"])
-    parser.add_argument("--accounts", type=int, required=True)
+    parser.add_argument("--accounts", type=int, default=0)
+    parser.add_argument("--body", help="ceiling: the file whose bytes to serve")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     if args.kind == "text":
         sys.stdout.write(text(args.accounts))
-        return
-    {"stock": stock, "aio": aio, "ceiling": ceiling}[args.kind](args.accounts, args.port)
+    elif args.kind == "ceiling":
+        with open(args.body, "rb") as file:
+            ceiling(file.read(), args.port)
+    else:
+        {"stock": stock, "aio": aio}[args.kind](args.accounts, args.port)
 
 
 if __name__ == "__main__":
