@@ -1,4 +1,4 @@
-"""Plain data shared by the client, the poller and the collector.
+"""Plain data shared by the client, the poller and the exposition.
 
 Kept free of I/O and of any sibling import so that every other module can depend on it
 without pulling in aiohttp or prometheus_client.

@@ -1,4 +1,4 @@
-"""The aiohttp application: wires config, poller, state and collector, and serves HTTP.
+"""The aiohttp application: wires config, poller, state and exposition, and serves HTTP.
 
 The client session and the poller live in a cleanup_ctx, so they start when the app starts
 and stop, in reverse order, when it stops: no task or connection outlives the app.

@@ -1,6 +1,6 @@
 """What the poller has learned so far: the shared memory between polling and scraping.
 
-The poller is the only writer and the collector only reads; both run on the one event loop,
+The poller is the only writer and the exposition only reads; both run on the one event loop,
 and snapshots are immutable, so a scrape never sees an account half-updated.
 """
 

@@ -100,13 +100,22 @@ async def simulated(tmp_path: Path) -> AsyncIterator[RunningSimulator]:
         await runner.cleanup()
 
 
+def required_tool(name: str) -> str:
+    """Path of a real tool. Missing is a failure, never a skip: ./scripts/test installs it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: run ./scripts/test, which installs Debian's prometheus")
+    return path
+
+
 @pytest.fixture
 def promtool() -> str:
-    """Path of promtool. Missing is a failure, never a skip: ./scripts/test installs it."""
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found: run ./scripts/test, which installs Debian's prometheus")
-    return path
+    return required_tool("promtool")
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    return required_tool("prometheus")
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 from aiohttp import web
 from dashboard_svg import render
@@ -85,14 +83,6 @@ class Prometheus:
             if predicate(result) or time.monotonic() > deadline:
                 return result
             await asyncio.sleep(0.25)
-
-
-@pytest.fixture
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        pytest.fail("prometheus not found: ./scripts/test installs Debian's prometheus package")
-    return path
 
 
 async def test_end_to_end_with_prometheus(simulated, logs, tmp_path: Path, prometheus_binary):
