@@ -214,8 +214,11 @@ async def test_interval_is_respected_with_jitter(logs) -> None:
         await poller.stop()
     calls = source.calls["a"]
     gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert 8 <= len(calls) <= 12
-    assert all(0.085 <= gap <= 0.13 for gap in gaps), gaps
+    assert 7 <= len(calls) <= 14
+    # After the first poll the phase is re-drawn within 0.5-1.5 intervals; then ±10 %
+    # (the upper bounds leave room for a busy CI machine's late wake-ups).
+    assert 0.049 <= gaps[0] <= 0.19, gaps
+    assert all(0.089 <= gap <= 0.15 for gap in gaps[1:]), gaps
 
 
 async def test_first_round_is_spread_over_the_startup_window(logs) -> None:
@@ -232,7 +235,7 @@ async def test_first_round_is_spread_over_the_startup_window(logs) -> None:
     firsts = sorted(calls[0] - started for calls in source.calls.values())
     assert len(firsts) == 50
     assert state.ready
-    assert firsts[-1] <= 0.35
+    assert firsts[-1] <= 0.5
     assert firsts[-1] - firsts[0] > 0.15  # spread out, not all at once
 
 
