@@ -151,7 +151,9 @@ class Simulator:
     accounts, pin usage, switch faults), which the simulator serves on the same port.
     """
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: Config, *, clock: Callable[[], float] = time.time, history: int = 10_000
+    ) -> None:
         self._clock = clock
         self._started = clock()
         self._credentials = CredentialStore()
@@ -164,7 +166,7 @@ class Simulator:
         self.clock_offset = 0.0
         self.outcomes: Counter[str] = Counter()
         # Recent requests, for tests that check freshness of X-Dates and spacing of retries.
-        self.seen: deque[Seen] = deque(maxlen=10_000)
+        self.seen: deque[Seen] = deque(maxlen=history)
 
     def app(self) -> web.Application:
         app = web.Application()
