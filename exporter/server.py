@@ -100,7 +100,6 @@ def create_app(
         read_header_timeout=settings.read_header_timeout,
     )
     app = web.Application(
-        middlewares=[guard.middleware],
         handler_args={"max_field_size": 8190, "max_line_size": 8190, "max_headers": 100},
         client_max_size=64 * 1024,
     )
@@ -111,11 +110,12 @@ def create_app(
     app[EXPOSITION] = exposition
     app[LOG] = log
     app.cleanup_ctx.append(_polling)
-    app.router.add_get(settings.telemetry_path, _metrics)
-    app.router.add_get("/", _index)
-    app.router.add_get("/-/healthy", _healthy)
-    app.router.add_get("/-/ready", _ready)
-    app.router.add_post("/-/reload", _reload)
+    app.on_response_prepare.append(guard.add_headers)
+    app.router.add_get(settings.telemetry_path, guard.guarded(_metrics, scrape=True))
+    app.router.add_get("/", guard.guarded(_index))
+    app.router.add_get("/-/healthy", guard.guarded(_healthy, probe=True))
+    app.router.add_get("/-/ready", guard.guarded(_ready, probe=True))
+    app.router.add_post("/-/reload", guard.guarded(_reload))
     return app
 
 
