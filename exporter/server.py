@@ -149,7 +149,7 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
         )
         return (
             True,
-            f"{len(config.accounts)} accounts: {added} added, {removed} removed, {changed} changed",
+            f"{len(mine)} accounts: {added} added, {removed} removed, {changed} changed",
         )
 
 

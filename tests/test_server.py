@@ -11,7 +11,13 @@ from test_poller import FakeSource, account
 from exporter import __version__
 from exporter.config import Config
 from exporter.model import FetchError, Reason
-from exporter.server import Settings, check_telemetry_path, create_app, parse_listen_address
+from exporter.server import (
+    Settings,
+    accepts_gzip,
+    check_telemetry_path,
+    create_app,
+    parse_listen_address,
+)
 
 
 def app_with(source: FakeSource, logs, accounts, **settings):
@@ -131,3 +137,40 @@ def test_listen_addresses(address: str, parsed: tuple[str | None, int]) -> None:
 def test_bad_listen_addresses(address: str) -> None:
     with pytest.raises(ValueError, match="listen address"):
         parse_listen_address(address)
+
+
+@pytest.mark.parametrize(
+    ("header", "gzip"),
+    [
+        ("gzip", True),
+        ("identity, gzip;q=0.5", True),
+        ("GZIP", True),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("gzip;q=0.0, deflate", False),
+        ("deflate, br", False),
+        ("", False),
+        ("gzip;q=junk", False),
+    ],
+)
+def test_accepts_gzip(header: str, gzip: bool) -> None:
+    assert accepts_gzip(header) is gzip
+
+
+async def test_gzip_scrape(aiohttp_client, logs) -> None:
+    import gzip as gzip_module
+
+    source = FakeSource()
+    client = await aiohttp_client(
+        app_with(source, logs, [account("a", interval=5)], startup_window=0.01)
+    )
+    await asyncio.sleep(0.1)
+    response = await client.get(
+        "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert response.headers["Vary"] == "Accept-Encoding"
+    text = gzip_module.decompress(await response.read()).decode()
+    assert 'koodrive_up{account="a"} 1' in text
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
