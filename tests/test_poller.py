@@ -399,3 +399,18 @@ async def test_update_adds_removes_and_restarts_only_changed_accounts(logs) -> N
         assert state.accounts["new"].last is not None
     finally:
         await poller.stop()
+
+
+async def test_due_times_snap_to_ticks_so_polls_wake_the_loop_together(logs) -> None:
+    source = FakeSource()
+    accounts = [account(f"t{i}", interval=1.0, timeout=0.1) for i in range(20)]
+    poller, _ = make_poller(accounts, source, logs, window=0.05)
+    poller.start()
+    try:
+        await asyncio.sleep(2.3)
+    finally:
+        await poller.stop()
+    # After the first round every poll starts on a 50 ms tick (interval / 20).
+    later = [t for calls in source.calls.values() for t in calls[1:]]
+    assert later
+    assert all(abs(t / 0.05 - round(t / 0.05)) < 0.2 for t in later), later
