@@ -265,8 +265,7 @@ async def _run_demo(
             print(f"Metrics:            {base}{args.telemetry_path}", flush=True)
 
         log.info("demo", simulator=sim_url, accounts=[a.name for a in config.accounts])
-        settings = dataclasses.replace(_settings(args, web_config), startup_window=0.5)
-        app = create_app(config, log, settings)
+        app = create_app(config, log, _settings(args, web_config))
         return await _serve(app, args.listen_address, log, stop, announce)
     finally:
         await sim_runner.cleanup()
