@@ -106,6 +106,14 @@ async def stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -
     return time.monotonic() - started
 
 
+async def reap(*processes: asyncio.subprocess.Process | None) -> None:
+    """Kill whatever a test left running (a passing test has already stopped them)."""
+    for process in processes:
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def metrics_text(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         assert response.status == 200
@@ -131,9 +139,7 @@ async def test_demo_is_up_within_five_seconds_and_stops_cleanly() -> None:
         assert await stop(process) < 5
         print(f"demo: both accounts up {up_after:.2f}s after the process started")
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await reap(process)
 
 
 async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None:
@@ -178,10 +184,7 @@ async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None
             assert secret not in err.decode()
             assert secret not in out.decode()
     finally:
-        for process in (exporter, simulator):
-            if process is not None and process.returncode is None:
-                process.kill()
-                await process.wait()
+        await reap(exporter, simulator)
 
 
 def _up_lines(text: str) -> list[str]:
@@ -209,9 +212,7 @@ async def test_port_in_use_is_a_clean_error(sig: int) -> None:
         assert "Traceback" not in err
         assert await stop(first, sig) < 5
     finally:
-        if first.returncode is None:
-            first.kill()
-            await first.wait()
+        await reap(first)
 
 
 GAMMA = """  - name: gamma
@@ -264,10 +265,7 @@ async def test_sighup_adds_an_account(tmp_path: Path) -> None:
         assert "koodrive_exporter_config_last_reload_successful 1" in text
         assert await stop(exporter) < 5
     finally:
-        for process in (exporter, simulator):
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await reap(exporter, simulator)
 
 
 async def test_sigterm_while_polls_hang_exits_within_five_seconds(tmp_path: Path) -> None:
@@ -279,7 +277,7 @@ async def test_sigterm_while_polls_hang_exits_within_five_seconds(tmp_path: Path
                 fault_url = f"{sim_url}/-/sim/accounts/{name}/fault"
                 async with session.put(fault_url, json={"kind": "hang"}) as response:
                     assert response.status == 200
-        # Restart the polls so they hit the hang now: SIGHUP with a changed interval.
+        # Restart the polls so they hit the hang now: SIGHUP with a changed timeout.
         (tmp_path / "exp" / "config.yaml").write_text(
             (tmp_path / "exp" / "config.yaml").read_text().replace("timeout: 1s", "timeout: 9s")
         )
@@ -297,10 +295,7 @@ async def test_sigterm_while_polls_hang_exits_within_five_seconds(tmp_path: Path
         assert took < 5
         print(f"SIGTERM with two polls hanging: exited 0 after {took:.2f}s")
     finally:
-        for process in (exporter, simulator):
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await reap(exporter, simulator)
 
 
 async def test_container_healthcheck_probe(tmp_path: Path) -> None:
@@ -324,6 +319,4 @@ async def test_container_healthcheck_probe(tmp_path: Path) -> None:
         assert await healthcheck(url.rsplit(":", 1)[1]) == 0
         assert await stop(process) < 5
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await reap(process)

@@ -84,6 +84,15 @@ class FakeSource:
             self.in_flight[name] -= 1
 
 
+async def run_for(poller: Poller, seconds: float) -> None:
+    """Run the poller's loops for a while, then stop them (also when the test fails)."""
+    poller.start()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await poller.stop()
+
+
 def make_poller(accounts, source, logs, state=None, window=0.01) -> tuple[Poller, ExporterState]:
     state = state or ExporterState(accounts)
     poller = Poller(accounts, source, state, logs.log, rng=random.Random(3), startup_window=window)
@@ -154,11 +163,7 @@ async def test_unexpected_exception_is_internal_and_does_not_kill_the_loop(logs)
     source = FakeSource()
     source.behaviour["a"] = KeyError("boom")
     poller, state = make_poller([account("a", interval=0.05)], source, logs)
-    poller.start()
-    try:
-        await asyncio.sleep(0.3)
-    finally:
-        await poller.stop()
+    await run_for(poller, 0.3)
     assert state.accounts["a"].errors[Reason.INTERNAL] >= 3
     assert logs.events("poll_internal_error")
 
@@ -176,11 +181,7 @@ async def test_polls_of_one_account_never_overlap(logs) -> None:
     source = FakeSource()
     source.behaviour["slow"] = 0.15  # slower than its interval
     poller, _state = make_poller([account("slow", interval=0.05, timeout=0.05)], source, logs)
-    poller.start()
-    try:
-        await asyncio.sleep(0.8)
-    finally:
-        await poller.stop()
+    await run_for(poller, 0.8)
     assert source.max_in_flight["slow"] == 1
     assert len(source.calls["slow"]) >= 3
     assert source.in_flight["slow"] == 0  # stop() cancelled the one in flight
@@ -191,11 +192,7 @@ async def test_a_hanging_account_does_not_block_the_others(logs) -> None:
     source.behaviour["stuck"] = "hang"
     accounts = [account("stuck", interval=1.0, timeout=1.0), account("fine", interval=0.05)]
     poller, state = make_poller(accounts, source, logs)
-    poller.start()
-    try:
-        await asyncio.sleep(0.6)
-    finally:
-        await poller.stop()
+    await run_for(poller, 0.6)
     assert len(source.calls["stuck"]) == 1
     assert len(source.calls["fine"]) >= 8
     assert state.accounts["fine"].last is not None
@@ -207,11 +204,7 @@ async def test_a_hanging_account_does_not_block_the_others(logs) -> None:
 async def test_interval_is_respected_with_jitter(logs) -> None:
     source = FakeSource()
     poller, _ = make_poller([account("a", interval=0.1)], source, logs)
-    poller.start()
-    try:
-        await asyncio.sleep(1.05)
-    finally:
-        await poller.stop()
+    await run_for(poller, 1.05)
     calls = source.calls["a"]
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert 7 <= len(calls) <= 14
@@ -227,11 +220,7 @@ async def test_first_round_is_spread_over_the_startup_window(logs) -> None:
     poller, state = make_poller(accounts, source, logs, window=0.3)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    poller.start()
-    try:
-        await asyncio.sleep(0.45)
-    finally:
-        await poller.stop()
+    await run_for(poller, 0.45)
     firsts = sorted(calls[0] - started for calls in source.calls.values())
     assert len(firsts) == 50
     assert state.ready
@@ -335,11 +324,7 @@ async def test_retry_after_beyond_the_interval_delays_the_next_poll(logs) -> Non
     source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.6)] + ["ok"] * 9
     acct = account("a", interval=0.2, timeout=0.05, retries=2, backoff=0.001)
     poller, state = make_poller([acct], source, logs)
-    poller.start()
-    try:
-        await asyncio.sleep(0.9)
-    finally:
-        await poller.stop()
+    await run_for(poller, 0.9)
     calls = source.calls["a"]
     assert calls[1] - calls[0] >= 0.6  # neither a retry nor the next poll came sooner
     assert state.accounts["a"].last is not None
@@ -405,11 +390,7 @@ async def test_due_times_snap_to_ticks_so_polls_wake_the_loop_together(logs) -> 
     source = FakeSource()
     accounts = [account(f"t{i}", interval=1.0, timeout=0.1) for i in range(20)]
     poller, _ = make_poller(accounts, source, logs, window=0.05)
-    poller.start()
-    try:
-        await asyncio.sleep(2.3)
-    finally:
-        await poller.stop()
+    await run_for(poller, 2.3)
     # After the first round every poll starts on a 50 ms tick (interval / 20).
     later = [t for calls in source.calls.values() for t in calls[1:]]
     assert later
