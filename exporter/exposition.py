@@ -184,7 +184,6 @@ class Exposition:
         self._chunks: list[list[bytes]] = []  # [family][chunk] -> bytes
         self._dirty: set[int] = set()
         self._stale_heap: list[tuple[float, str]] = []
-        self._fresh_space: set[str] = set()
         self._body = b""
         self._gzipped: bytes | None = None
         self._valid_until = 0.0
@@ -222,8 +221,8 @@ class Exposition:
         while self._stale_heap and self._stale_heap[0][0] < now:
             _, name = heapq.heappop(self._stale_heap)
             index = self._index.get(name)
-            if index is not None and name in self._fresh_space:
-                self._refresh(index, now)
+            if index is not None:  # its lines are unchanged; its chunk filters them anew
+                self._dirty.add(index // CHUNK)
         for chunk in self._dirty:
             self._render_chunk(chunk, now)
         self._dirty.clear()
@@ -248,7 +247,6 @@ class Exposition:
         chunks = (len(self._names) + CHUNK - 1) // CHUNK
         self._chunks = [[b""] * chunks for _ in ACCOUNT_FAMILIES]
         self._stale_heap = []
-        self._fresh_space = set()
         for index in range(len(self._names)):
             self._refresh(index, now)
 
@@ -256,13 +254,9 @@ class Exposition:
         name = self._names[index]
         account = self._state.accounts[name]
         self._lines[index] = account_lines(name, account)
-        success = account.last_success
-        self._fresh_space.discard(name)
-        if success is not None and success.usage is not None:
-            deadline = success.started_at + account.stale_after
-            if deadline >= now:  # a passed deadline needs no reminder: it renders stale now
-                self._fresh_space.add(name)
-                heapq.heappush(self._stale_heap, (deadline, name))
+        deadline = account.space_deadline()
+        if deadline is not None and deadline >= now:  # a passed one renders stale right away
+            heapq.heappush(self._stale_heap, (deadline, name))
         self._dirty.add(index // CHUNK)
 
     def _render_chunk(self, chunk: int, now: float) -> None:
@@ -276,9 +270,8 @@ class Exposition:
             self._chunks[family][chunk] = "".join(pieces).encode()
 
     def _is_fresh(self, index: int, now: float) -> bool:
-        account = self._state.accounts[self._names[index]]
-        success = account.last_success
-        return success is not None and now - success.started_at <= account.stale_after
+        deadline = self._state.accounts[self._names[index]].space_deadline()
+        return deadline is not None and now <= deadline
 
     def _global_text(self) -> str:
         state = self._state

@@ -24,6 +24,13 @@ class AccountState:
     last_success: Snapshot | None = None
     errors: dict[Reason, int] = field(default_factory=dict)
 
+    def space_deadline(self) -> float | None:
+        """Until when the space gauges may be shown: the last success plus stale_after."""
+        success = self.last_success
+        if success is None or success.usage is None:
+            return None
+        return success.started_at + self.stale_after
+
 
 @dataclass(slots=True)
 class DurationHistogram:
