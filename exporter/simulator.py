@@ -84,7 +84,11 @@ class Growth:
 
 @dataclass(frozen=True, slots=True)
 class Seen:
-    """One request as the simulator saw it (account is "" when no account matched)."""
+    """One request as the simulator saw it.
+
+    `account` is the account whose X-User-Id the request carried (even when it was then
+    rejected), or "" for an unknown user id.
+    """
 
     account: str
     outcome: str
@@ -222,7 +226,8 @@ class Simulator:
             if fault is not None and fault.kind is FaultKind.WRONG_SIGNATURE:
                 raise Reject(401, 401, "signature mismatch")
         except Reject as exc:
-            self._note(request, account.name if account else "", f"rejected:{exc.status}", now)
+            who = account.name if account else (clock_of or "")
+            self._note(request, who, f"rejected:{exc.status}", now)
             body = {"code": exc.code, "msg": exc.msg}
             return web.json_response(body, status=exc.status, headers=date)
         if fault is not None and fault.kind is not FaultKind.CLOCK_OFFSET:
