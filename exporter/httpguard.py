@@ -1,14 +1,27 @@
-"""What stands between the network and the handlers: basic auth, TLS rotation, limits.
+"""What stands between the network and the handlers: connections, TLS, basic auth, limits.
 
-- Basic auth against bcrypt hashes, with verified credentials cached under an HMAC keyed per
-  process (bcrypt per scrape would cost ~70 ms of CPU), compared in constant time; unknown
-  users still pay one bcrypt so timing does not reveal which users exist.
+Every connection passes through `GuardProtocol`, which owns the TCP transport from the
+moment it is accepted, so nothing a client sends (or fails to send) escapes a bound:
+
+- At most `max_connections` are open. At the cap, a new connection replaces the oldest one
+  that is idle or still owes its request head (TLS handshake included); only when every
+  connection is serving a request is the newcomer closed at once. A flood of connections
+  that never finish then evicts itself, and a probe or scrape that completes its request
+  within milliseconds is still served.
+- One deadline covers the TLS handshake and the first request head (from accept), and
+  every later head on the connection (from its first byte); a head is also capped in size.
+  Heads are found by scanning the bytes for the blank line, so stray blank lines, pipelined
+  partial heads or a head split over many reads cannot sidestep the deadline.
+- Scrape bodies are written by `send_body` in bounded pieces from the shared immutable body,
+  with back-pressure and a stall deadline, and a scrape holds its concurrency slot until
+  its body is written or its connection is gone.
+- Basic auth against bcrypt hashes, with the exporter-toolkit verdict (bcrypt reads the
+  first 72 bytes of a password), verified credentials cached under an HMAC keyed per
+  process, at most one bcrypt check in flight per client address, and every check padded
+  to the cost of the slowest configured hash, unknown users included.
 - TLS: the listening context hands each handshake the newest context through its SNI
-  callback, so rotated certificates (and a changed CA or client_auth_type) apply to new
-  connections without a restart.
-- Limits: at most `max_requests` concurrent scrapes (503 beyond, like promhttp); a client
-  that starts sending a request must finish its head within READ_HEADER_TIMEOUT, which stops
-  slow-loris connections from piling up; aiohttp caps header size and count.
+  callback, so rotated certificates apply to new connections without a restart; a live
+  change that would turn TLS or basic auth off is refused until a restart.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -24,7 +38,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import bcrypt
 import structlog
@@ -35,14 +48,33 @@ from .webconfig import WebConfig, build_ssl_context, files_identity, load_web_co
 
 READ_HEADER_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 75.0
+WRITE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 1000
+# A request head is a request line and a few headers; Prometheus sends ~300 bytes with
+# basic auth. aiohttp caps single lines at 8 KiB and the count at 100, which alone would
+# let one connection park ~800 KiB of partial head.
+MAX_HEAD_BYTES = 32 * 1024
+# Bodies go out in pieces of this size: a client that does not read pins at most about
+# this plus the transport's high-water mark, never a copy of the whole body.
+BODY_PIECE = 64 * 1024
+LISTEN_BACKLOG = 1024
 WATCH_INTERVAL = 2.0
-# A bcrypt hash of a random string: checked for unknown users so they cost the same time.
-_DUMMY_HASH = b"$2b$10$RKpRibh3bY4djNwj/mKa9.72evFUz.hCVn5JQFsn1l7bLUeI/oGYK"
+# bcrypt reads at most this many bytes of a password; Go's x/crypto/bcrypt (and so
+# exporter-toolkit) ignores the rest, while Python's bcrypt 5 raises instead.
+BCRYPT_MAX_PASSWORD = 72
+BCRYPT_SLOTS = 2
 _REJECTED_CACHE = 1024
+_HEAD_END = b"\r\n\r\n"
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 26\r\nConnection: close\r\n\r\nrequest head is too large\n"
+)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class BasicAuth:
+    """bcrypt basic auth that a flood of guesses cannot turn into a denial of service."""
+
     def __init__(self, users: Mapping[str, Secret]) -> None:
         self._users = users
         self._key = os.urandom(32)
@@ -50,58 +82,117 @@ class BasicAuth:
         self._rejected: OrderedDict[bytes, None] = OrderedDict()
         # bcrypt is deliberately slow: two at a time keeps a password-guessing flood from
         # taking both cores away from polling and scraping.
-        self._slots = asyncio.Semaphore(2)
+        self._slots = asyncio.Semaphore(BCRYPT_SLOTS)
+        # One check in flight per client address: a flood from one address waits for
+        # itself, not in front of everybody else. Identical credentials share one check.
+        self._per_address: dict[str, asyncio.Future[bool]] = {}
+        self._in_flight: dict[bytes, asyncio.Future[bool]] = {}
+        self._max_cost = max((_cost(h.reveal()) for h in users.values()), default=4)
+        self._dummy: bytes | None = None
+        self._floor = 0.0
         self.bcrypt_calls = 0
 
-    async def check(self, header: str | None) -> str | None:
-        """The authenticated user name, or None."""
+    async def check(self, header: str | None, address: str = "") -> str | None:
+        """The authenticated user name, or None; raises Busy while `address` has a check.
+
+        A check runs as its own task, so a client that disconnects neither cancels it for
+        others waiting on the same credentials nor frees its address's slot early.
+        """
         credentials = _parse_basic(header)
         if credentials is None:
             return None
         user, password = credentials
-        digest = hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        key = hmac.new(self._key, f"{user}\0".encode() + password, hashlib.sha256).digest()
         cached = self._verified.get(user)
-        if cached is not None and hmac.compare_digest(cached, digest):
+        if cached is not None and hmac.compare_digest(cached, key):
             return user
-        if digest in self._rejected:
+        if key in self._rejected:
             return None
-        hashed = self._users.get(user)
-        target = hashed.reveal().encode() if hashed is not None else _DUMMY_HASH
-        async with self._slots:
-            self.bcrypt_calls += 1
-            ok = await asyncio.to_thread(_checkpw, password.encode(), target)
-        if ok and hashed is not None:
-            self._verified[user] = digest
-            return user
-        self._rejected[digest] = None
+        task = self._in_flight.get(key)
+        if task is None:
+            if address in self._per_address:
+                raise Busy
+            task = asyncio.ensure_future(self._bcrypt(user, password))
+            self._in_flight[key] = self._per_address[address] = task
+            task.add_done_callback(functools.partial(self._checked, user, key, address))
+        return user if await asyncio.shield(task) else None
+
+    def _checked(self, user: str, key: bytes, address: str, task: asyncio.Future[bool]) -> None:
+        del self._in_flight[key], self._per_address[address]
+        if task.cancelled() or task.exception() is not None:
+            return
+        if task.result():
+            self._verified[user] = key
+            return
+        self._rejected[key] = None
         if len(self._rejected) > _REJECTED_CACHE:
             self._rejected.popitem(last=False)
-        return None
+
+    async def _bcrypt(self, user: str, password: bytes) -> bool:
+        """One check, taking at least as long as one at the highest configured cost.
+
+        Unknown users are checked against a dummy hash of that cost, and cheaper hashes
+        are padded with a sleep (which holds no slot), so the answer's timing tells
+        neither whether a user exists nor which cost its hash has.
+        """
+        started = time.monotonic()
+        async with self._slots:
+            self.bcrypt_calls += 1
+            if self._dummy is None:
+                self._dummy, self._floor = await asyncio.to_thread(_dummy_hash, self._max_cost)
+            hashed = self._users.get(user)
+            target = hashed.reveal().encode() if hashed is not None else self._dummy
+            ok = await asyncio.to_thread(_checkpw, password, target)
+        spent = time.monotonic() - started
+        if spent < self._floor:
+            await asyncio.sleep(self._floor - spent)
+        return ok and hashed is not None
+
+
+class Busy(Exception):
+    """A client address already has a bcrypt check in flight: answer 429, do not queue."""
+
+
+def _cost(hashed: str) -> int:
+    try:
+        return int(hashed[4:6])
+    except ValueError:
+        return 4
+
+
+def _dummy_hash(cost: int) -> tuple[bytes, float]:
+    """A hash of random bytes at `cost`, and how long one check against it takes here."""
+    dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(cost))
+    started = time.monotonic()
+    _checkpw(b"x", dummy)
+    return dummy, time.monotonic() - started
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
     try:
-        return bcrypt.checkpw(password, hashed)
+        return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed)
     except ValueError:
         return False
 
 
-def _parse_basic(header: str | None) -> tuple[str, str] | None:
+def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
     if not header:
         return None
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
         return None
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        decoded = base64.b64decode(value.strip(), validate=True)
+        user, sep, password = decoded.partition(b":")
+        name = user.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return None
-    user, sep, password = decoded.partition(":")
-    return (user, password) if sep else None
+    # The password stays bytes: Go compares bytes, and bcrypt wants bytes anyway.
+    return (name, password) if sep else None
 
 
 class HttpGuard:
-    """Per-app security state: the current web config, its TLS context, live connections."""
+    """Per-app security state: the web config, its TLS context, and every live connection."""
 
     def __init__(
         self,
@@ -109,43 +200,57 @@ class HttpGuard:
         web_config_file: str | None,
         log: structlog.typing.FilteringBoundLogger,
         *,
-        telemetry_path: str = "/metrics",
         max_requests: int = 40,
+        max_connections: int = MAX_CONNECTIONS,
         protect_probes: bool = False,
         read_header_timeout: float = READ_HEADER_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
+        max_head_bytes: int = MAX_HEAD_BYTES,
     ) -> None:
         self.config = web_config or WebConfig()
         self._file = web_config_file
         self._log = log
-        self._telemetry_path = telemetry_path
         self._max_requests = max_requests
+        self.max_connections = max_connections
         self._protect_probes = protect_probes
         self.read_header_timeout = read_header_timeout
+        self.write_timeout = write_timeout
+        self.max_head_bytes = max_head_bytes
         self.auth = BasicAuth(self.config.users)
         self._scrapes = 0
         self._identity = self._watched_identity()
         self._context: ssl.SSLContext | None = None
         if self.config.tls is not None:
             self._context = build_ssl_context(self.config.tls)
-        self.connections: dict[Any, GuardProtocol] = {}
+        self._listening: ssl.SSLContext | None = None
+        # Oldest first; a connection moves to the end whenever it finishes a request, so
+        # the front holds those that have been unproductive the longest.
+        self.connections: OrderedDict[GuardProtocol, None] = OrderedDict()
+        self._by_transport: dict[object, GuardProtocol] = {}
+        # Running handshakes, referenced so the event loop does not drop them.
+        self.handshakes: set[asyncio.Future[None]] = set()
+        self.refused = 0
+        self.evicted = 0
 
     @property
     def tls(self) -> bool:
         return self._context is not None
 
     def listening_context(self) -> ssl.SSLContext | None:
-        """The context the socket listens with; it delegates each handshake to the newest."""
+        """The context handshakes start with; it delegates each one to the newest context."""
         if self._context is None:
             return None
-        assert self.config.tls is not None
-        base = build_ssl_context(self.config.tls)
+        if self._listening is None:
+            assert self.config.tls is not None
+            base = build_ssl_context(self.config.tls)
 
-        def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
-            assert self._context is not None
-            sslobj.context = self._context
+            def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+                assert self._context is not None
+                sslobj.context = self._context
 
-        base.sni_callback = pick
-        return base
+            base.sni_callback = pick
+            self._listening = base
+        return self._listening
 
     def _watched_identity(self) -> tuple[object, ...]:
         if self._file is None:
@@ -153,21 +258,29 @@ class HttpGuard:
         return files_identity((Path(self._file), *self.config.files()))
 
     def refresh(self) -> bool:
-        """Re-read the web config if it or its files changed; keep the old one on errors."""
+        """Re-read the web config if it or its files changed; keep the old one on errors.
+
+        Blocking file I/O: the watcher runs it in a thread. It only swaps references, which
+        the event loop sees atomically.
+        """
         identity = self._watched_identity()
         if self._file is None or identity == self._identity:
             return False
         self._identity = identity  # a broken file is reported once, not every poll
         try:
             config = load_web_config(self._file)
+            context = build_ssl_context(config.tls) if config.tls else None
         except ConfigError as exc:
             self._log.error("web_config_reload_failed", errors=exc.errors)
             return False
-        if (config.tls is None) != (self._context is None):
-            why = "turning TLS on or off needs a restart"
-            self._log.error("web_config_reload_failed", errors=[why])
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._log.error("web_config_reload_failed", errors=[f"{type(exc).__name__}: {exc}"])
             return False
-        self._context = build_ssl_context(config.tls) if config.tls else None
+        refusal = _weakening(self.config, config)
+        if refusal:
+            self._log.error("web_config_reload_failed", errors=[refusal])
+            return False
+        self._context = context
         if config.users != self.config.users:
             self.auth = BasicAuth(config.users)
         self.config = config
@@ -181,52 +294,128 @@ class HttpGuard:
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             try:
-                self.refresh()
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                self._log.error("web_config_reload_failed", errors=[str(exc)])
+                await asyncio.to_thread(self.refresh)
+            except Exception as exc:  # the watcher must outlive any surprise
+                self._log.error("web_config_reload_failed", errors=[type(exc).__name__])
 
     async def sweep(self) -> None:
-        """Close connections that started a request head but did not finish it in time.
+        """Close connections whose handshake or request head is overdue.
 
         One pass over the connections now and then, instead of a timer per request, keeps
-        the scrape path cheap.
+        the scrape path cheap; a connection is closed at most one period late.
         """
-        period = min(1.0, self.read_header_timeout / 3)
+        period = min(1.0, self.read_header_timeout / 4)
         while True:
             await asyncio.sleep(period)
-            deadline = time.monotonic() - self.read_header_timeout
-            for connection in list(self.connections.values()):
-                since = connection.waiting_since
-                if since is not None and since < deadline:
-                    connection.close()
+            self.close_overdue(time.monotonic())
+
+    def close_overdue(self, now: float) -> None:
+        deadline = now - self.read_header_timeout
+        for connection in list(self.connections):
+            since = connection.owed_since
+            if since is not None and since < deadline:
+                connection.abort()
+
+    def admit(self, connection: GuardProtocol) -> bool:
+        """Register a new connection, evicting an unproductive one at the cap."""
+        if len(self.connections) >= self.max_connections:
+            victim = next((c for c in self.connections if not c.busy), None)
+            if victim is None:
+                self.refused += 1
+                return False
+            self.evicted += 1
+            victim.abort()
+        self.connections[connection] = None
+        return True
+
+    def attached(self, connection: GuardProtocol, transport: object) -> None:
+        self._by_transport[transport] = connection
+
+    def forget(self, connection: GuardProtocol) -> None:
+        self.connections.pop(connection, None)
+        self._by_transport.pop(connection.app_transport, None)
+
+    def close_pending(self) -> None:
+        """Abort what aiohttp's graceful shutdown does not know: connections in handshake."""
+        for connection in list(self.connections):
+            if connection.app_transport is None:
+                connection.abort()
 
     def guarded(self, handler: Handler, *, probe: bool = False, scrape: bool = False) -> Handler:
         """Wrap one route's handler with basic auth and, for scrapes, the concurrency cap.
 
         Wrapping at registration instead of a middleware spares every request aiohttp's
-        per-request middleware chain (about 15 % of a scrape's cost).
+        per-request middleware chain (about 15 % of a scrape's cost). The connection counts
+        as busy (not evictable) while its handler runs, body included.
         """
 
         async def guarded_handler(request: web.Request) -> web.StreamResponse:
-            if self.config.users and (self._protect_probes or not probe):
-                user = await self.auth.check(request.headers.get("Authorization"))
-                if user is None:
-                    return web.Response(
-                        status=401,
-                        text="Unauthorized\n",
-                        headers={"WWW-Authenticate": 'Basic realm="koodrive-exporter"'},
-                    )
-            if not scrape:
-                return await handler(request)
-            if self._scrapes >= self._max_requests:
-                return web.Response(status=503, text="too many concurrent scrapes\n")
-            self._scrapes += 1
+            connection = self._by_transport.get(request.transport)
+            if connection is not None:
+                connection.busy += 1
             try:
-                return await handler(request)
+                return await self._handle(request, handler, probe=probe, scrape=scrape)
             finally:
-                self._scrapes -= 1
+                if connection is not None:
+                    connection.busy -= 1
+                    if connection in self.connections:
+                        self.connections.move_to_end(connection)
 
         return guarded_handler
+
+    async def _handle(
+        self, request: web.Request, handler: Handler, *, probe: bool, scrape: bool
+    ) -> web.StreamResponse:
+        if self.config.users and (self._protect_probes or not probe):
+            try:
+                user = await self.auth.check(request.headers.get("Authorization"), _peer(request))
+            except Busy:
+                return web.Response(
+                    status=429,
+                    text="a login from this address is being checked; retry\n",
+                    headers={"Retry-After": "1"},
+                )
+            if user is None:
+                return web.Response(
+                    status=401,
+                    text="Unauthorized\n",
+                    headers={"WWW-Authenticate": 'Basic realm="koodrive-exporter"'},
+                )
+        if not scrape:
+            return await handler(request)
+        if self._scrapes >= self._max_requests:
+            return web.Response(status=503, text="too many concurrent scrapes\n")
+        self._scrapes += 1
+        try:
+            return await handler(request)
+        finally:
+            self._scrapes -= 1
+
+    async def send_body(
+        self, request: web.Request, response: web.StreamResponse, body: bytes
+    ) -> web.StreamResponse:
+        """Write `body` in pieces with back-pressure; abort a client that stalls.
+
+        The pieces are views of the one shared body, so a hundred slow scrapers cost a
+        hundred small transport buffers, not a hundred copies of a megabyte body.
+        """
+        response.content_length = len(body)
+        view = memoryview(body)
+        try:
+            await response.prepare(request)
+            for start in range(0, len(view) if request.method != "HEAD" else 0, BODY_PIECE):
+                async with asyncio.timeout(self.write_timeout):
+                    await response.write(view[start : start + BODY_PIECE])
+            await response.write_eof()
+        except TimeoutError:
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+        except ConnectionError:
+            pass  # the client left; aiohttp notices the closed transport and moves on
+        finally:
+            view.release()
+        return response
 
     async def add_headers(self, _: web.Request, response: web.StreamResponse) -> None:
         """on_response_prepare: the configured headers on every response, errors included."""
@@ -234,79 +423,211 @@ class HttpGuard:
             response.headers.update(self.config.headers)
 
 
-class GuardProtocol(asyncio.Protocol):
-    """Wraps aiohttp's per-connection protocol to time how long a request head takes.
+def _weakening(old: WebConfig, new: WebConfig) -> str:
+    """Why `new` may not replace `old` while running, or "": security never drops live."""
+    if (old.tls is None) != (new.tls is None):
+        return "turning TLS on or off needs a restart"
+    if old.users and not new.users:
+        return "removing basic auth needs a restart; the previous users stay in force"
+    return ""
 
-    A head is complete at its blank line; until then `waiting_since` holds when the client
-    connected or started sending, and the guard's sweeper closes the connection once that
-    is older than the read-header timeout. Idle keep-alive connections are left to
-    aiohttp's keep-alive timeout.
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else ""
+
+
+class GuardProtocol(asyncio.Protocol):
+    """Owns one accepted TCP connection: the cap, the TLS handshake and the head deadline.
+
+    It is created for the raw socket; with TLS it runs the handshake itself (start_tls), so
+    the handshake counts against the same deadline as the head, and then stays as the
+    protocol under TLS. aiohttp's own protocol is created only once the connection is
+    admitted and, with TLS, once the handshake succeeded.
     """
 
-    __slots__ = ("_guard", "_inner", "_tail", "_transport", "waiting_since")
+    __slots__ = (
+        "_early",
+        "_guard",
+        "_head_bytes",
+        "_in_head",
+        "_inner",
+        "_make_inner",
+        "_raw",
+        "_tail",
+        "app_transport",
+        "busy",
+        "owed_since",
+    )
 
-    def __init__(self, inner: asyncio.Protocol, guard: HttpGuard) -> None:
-        self._inner = inner
+    def __init__(self, make_inner: Callable[[], asyncio.Protocol], guard: HttpGuard) -> None:
+        self._make_inner = make_inner
         self._guard = guard
-        self._transport: asyncio.BaseTransport | None = None
+        self._inner: asyncio.Protocol | None = None
+        self._raw: asyncio.Transport | None = None
+        self.app_transport: asyncio.BaseTransport | None = None
+        self._early: list[bytes] = []
         self._tail = b""
-        self.waiting_since: float | None = None
+        self._in_head = False
+        self._head_bytes = 0
+        # Since when this connection owes a complete head (or handshake); None when not.
+        self.owed_since: float | None = None
+        self.busy = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        self.waiting_since = time.monotonic()
-        self._guard.connections[transport] = self
+        assert isinstance(transport, asyncio.Transport)
+        self._raw = transport
+        self.owed_since = time.monotonic()
+        if not self._guard.admit(self):
+            transport.abort()
+            return
+        context = self._guard.listening_context()
+        if context is None:
+            self._attach(transport)
+            return
+        transport.pause_reading()  # until start_tls takes over: not a byte is lost
+        task = asyncio.ensure_future(self._handshake(transport, context))
+        self._guard.handshakes.add(task)
+        task.add_done_callback(self._guard.handshakes.discard)
+
+    async def _handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(
+                raw,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self._guard.read_header_timeout,
+                ssl_shutdown_timeout=self._guard.write_timeout,
+            )
+        except Exception:  # any failed handshake just ends the connection
+            raw.abort()  # start_tls closed it; abort also drops anything still buffered
+            self._guard.forget(self)
+            return
+        if transport is None or raw.is_closing():
+            self._guard.forget(self)
+            return
+        self._attach(transport)
+
+    def _attach(self, transport: asyncio.BaseTransport) -> None:
+        self.app_transport = transport
+        self._guard.attached(self, transport)
+        self._inner = self._make_inner()
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self._inner.data_received(data)
 
     def data_received(self, data: bytes) -> None:
-        # The blank line may straddle two reads: also look across the boundary.
-        if b"\r\n\r\n" in data or b"\r\n\r\n" in self._tail + data[:3]:
-            self.waiting_since = None
-        elif self.waiting_since is None:
-            self.waiting_since = time.monotonic()
-        self._tail = data[-3:]
-        self._inner.data_received(data)
+        if not self._scan(data):
+            self._refuse_head()
+            return
+        if self._inner is None:  # TLS data that arrived with the end of the handshake
+            self._early.append(data)
+        else:
+            self._inner.data_received(data)
+
+    def _scan(self, data: bytes) -> bool:
+        """Track request heads in the byte stream; False when one grows past the cap.
+
+        A head starts at its first byte that is not CR or LF (blank lines before a request
+        are ignored, by aiohttp too) and ends at the blank line. The deadline runs while a
+        head is owed: from accept for the first, from its first byte for later ones.
+        """
+        position, size = 0, len(data)
+        while position < size:
+            if not self._in_head:
+                start = position
+                while start < size and data[start] in b"\r\n":
+                    start += 1
+                if start == size:
+                    return True
+                self._in_head, self._tail, self._head_bytes = True, b"", 0
+                if self.owed_since is None:
+                    self.owed_since = time.monotonic()
+                position = start
+            # The blank line may straddle two reads: look across the boundary first.
+            joined = self._tail + data[position : position + 3]
+            found = joined.find(_HEAD_END)
+            if found >= 0:
+                end = position + found + 4 - len(self._tail)
+            else:
+                found = data.find(_HEAD_END, position)
+                end = found + 4 if found >= 0 else -1
+            if end < 0:
+                self._head_bytes += size - position
+                self._tail = (self._tail + data[position:])[-3:]
+                return self._head_bytes <= self._guard.max_head_bytes
+            self._head_bytes += end - position
+            if self._head_bytes > self._guard.max_head_bytes:
+                return False
+            self._in_head, self._tail, self.owed_since = False, b"", None
+            position = end
+        return True
+
+    def _refuse_head(self) -> None:
+        transport = self.app_transport
+        if transport is not None and not transport.is_closing():
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(_TOO_LARGE)
+            transport.close()
+        else:
+            self.abort()
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return self._inner.eof_received() if self._inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._guard.connections.pop(self._transport, None)
-        self._inner.connection_lost(exc)
+        self._guard.forget(self)
+        self.owed_since = None
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+    def abort(self) -> None:
+        """Drop the connection now, buffers included (no TLS goodbye for a deadline)."""
+        self._guard.forget(self)
+        self.owed_since = None
+        if self._raw is not None:
+            self._raw.abort()
 
 
-class GuardedSite(web.TCPSite):
-    """TCPSite whose connections go through GuardProtocol."""
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections go through GuardProtocol (which also does the TLS)."""
 
     def __init__(
         self, runner: web.BaseRunner, host: str | None, port: int, guard: HttpGuard
     ) -> None:
-        super().__init__(runner, host, port, ssl_context=guard.listening_context())
+        super().__init__(runner, backlog=LISTEN_BACKLOG)
+        self._host = host
+        self._port = port
         self._guard = guard
 
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._guard.tls else "http"
+        return f"{scheme}://{self._host or '0.0.0.0'}:{self._port}"  # noqa: S104
+
     async def start(self) -> None:
-        await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
+        await super().start()
         server = self._runner.server
         assert server is not None
-        self._server = await loop.create_server(
-            lambda: GuardProtocol(server(), self._guard),
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: GuardProtocol(server, self._guard),
             self._host,
             self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
+            backlog=LISTEN_BACKLOG,
+            reuse_address=True,
         )
-        sockets = self._server.sockets
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._guard.close_pending()

@@ -24,7 +24,14 @@ from .client import USER_AGENT, KooDriveClient
 from .config import Config, ConfigError, load_config
 from .credentials import CredentialStore
 from .exposition import Exposition
-from .httpguard import KEEPALIVE_TIMEOUT, READ_HEADER_TIMEOUT, GuardedSite, HttpGuard
+from .httpguard import (
+    KEEPALIVE_TIMEOUT,
+    MAX_CONNECTIONS,
+    READ_HEADER_TIMEOUT,
+    WRITE_TIMEOUT,
+    GuardedSite,
+    HttpGuard,
+)
 from .poller import OverviewSource, Poller
 from .sharding import owned
 from .state import AccountState, ExporterState
@@ -49,10 +56,14 @@ class Settings:
     web_config_file: str | None = None
     # Concurrent scrapes of the telemetry path before answering 503.
     max_requests: int = 40
+    # Open connections; at the cap an idle or unfinished one makes room, else refused.
+    max_connections: int = MAX_CONNECTIONS
     # Require basic auth on /-/healthy and /-/ready too (kubelet probes then need it).
     protect_probes: bool = False
     # A client that starts a request must send its whole head within this time.
     read_header_timeout: float = READ_HEADER_TIMEOUT
+    # A response body that makes no progress for this long closes its connection.
+    write_timeout: float = WRITE_TIMEOUT
     # Sharding: this replica polls the accounts that rendezvous hashing gives index of count.
     shard_count: int = 1
     shard_index: int = 0
@@ -94,10 +105,11 @@ def create_app(
         settings.web_config,
         settings.web_config_file,
         log,
-        telemetry_path=settings.telemetry_path,
         max_requests=settings.max_requests,
+        max_connections=settings.max_connections,
         protect_probes=settings.protect_probes,
         read_header_timeout=settings.read_header_timeout,
+        write_timeout=settings.write_timeout,
     )
     app = web.Application(
         handler_args={"max_field_size": 8190, "max_line_size": 8190, "max_headers": 100},
@@ -129,13 +141,14 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
             return False, "nothing to reload: no config file (demo mode) or not running"
         try:
             config = await asyncio.to_thread(load_config, path)
-        except ConfigError as exc:
+            settings = app[SETTINGS]
+            mine = owned(config.accounts, settings.shard_count, settings.shard_index)
+            added, removed, changed = await runtime.poller.update(mine, config.max_concurrency)
+        except Exception as exc:  # whatever failed, the old config stays
+            errors = exc.errors if isinstance(exc, ConfigError) else [_unexpected(exc)]
             state.reloaded(False, time.time())
-            log.error("reload_failed", config_file=path, errors=exc.errors)
-            return False, "\n".join(exc.errors)
-        settings = app[SETTINGS]
-        mine = owned(config.accounts, settings.shard_count, settings.shard_index)
-        added, removed, changed = await runtime.poller.update(mine, config.max_concurrency)
+            log.error("reload_failed", config_file=path, errors=errors)
+            return False, "\n".join(errors)
         _warn_insecure(config, log)
         runtime.config = config
         state.reloaded(True, time.time())
@@ -151,6 +164,12 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
             True,
             f"{len(mine)} accounts: {added} added, {removed} removed, {changed} changed",
         )
+
+
+def _unexpected(exc: BaseException) -> str:
+    """A bug's report for the operator: its type, and a short cut of its text."""
+    text = str(exc)
+    return f"unexpected {type(exc).__name__}: {text[:120]}{'…' if len(text) > 120 else ''}"
 
 
 def _warn_insecure(config: Config, log: structlog.typing.FilteringBoundLogger) -> None:
@@ -170,6 +189,13 @@ def request_reload(app: web.Application) -> None:
     task: asyncio.Task[object] = asyncio.create_task(reload_config(app))
     runtime.background.add(task)
     task.add_done_callback(runtime.background.discard)
+    task.add_done_callback(lambda done: _report(done, app[LOG]))
+
+
+def _report(task: asyncio.Task[object], log: structlog.typing.FilteringBoundLogger) -> None:
+    """Retrieve a background task's failure, so it is logged once and never as a traceback."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reload_failed", errors=[_unexpected(task.exception())])  # type: ignore[arg-type]
 
 
 def check_telemetry_path(path: str) -> None:
@@ -221,10 +247,11 @@ _PLAIN = MappingProxyType({"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Vary": "Ac
 _GZIPPED = MappingProxyType({**_PLAIN, "Content-Encoding": "gzip"})
 
 
-async def _metrics(request: web.Request) -> web.Response:
+async def _metrics(request: web.Request) -> web.StreamResponse:
     gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
     body = request.app[EXPOSITION].render(gzipped=gzipped)
-    return web.Response(body=body, headers=_GZIPPED if gzipped else _PLAIN)
+    response = web.StreamResponse(headers=_GZIPPED if gzipped else _PLAIN)
+    return await request.app[GUARD].send_body(request, response, body)
 
 
 def accepts_gzip(header: str) -> bool:

@@ -1,0 +1,325 @@
+"""Command line: parse flags, load config, run. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import platform
+import socket
+import sys
+from collections.abc import Callable, Sequence
+
+import structlog
+from aiohttp import web
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .demo import demo_config, point_at
+from .httpguard import MAX_CONNECTIONS
+from .log import FORMATS, LEVELS, make_logger
+from .server import (
+    Settings,
+    check_telemetry_path,
+    create_app,
+    parse_listen_address,
+    request_reload,
+    serve,
+)
+from .sharding import resolve_index
+from .signals import Signals
+from .simulator import Simulator, start_simulator
+from .webconfig import WebConfig, load_web_config
+
+
+def run(argv: Sequence[str] | None = None, signals: Signals | None = None) -> int:
+    signals = signals or Signals().install()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["simulate"]:
+        return _simulate(args_list[1:], signals)
+    args = _parser().parse_args(args_list)
+    if args.config_check:
+        return _check(args.config_file, args.web_config_file)
+    try:
+        check_telemetry_path(args.telemetry_path)
+        parse_listen_address(args.listen_address)
+        if args.max_requests < 1:
+            raise ValueError("--web.max-requests must be at least 1")
+        if args.max_connections < 1:
+            raise ValueError("--web.max-connections must be at least 1")
+        if args.shard_count < 1:
+            raise ValueError("--shard.count must be at least 1")
+        args.shard_index = resolve_index(
+            args.shard_index, args.shard_count, os.environ.get("HOSTNAME") or socket.gethostname()
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+    except ConfigError as exc:
+        _print_errors(exc, "web config error")
+        return 1
+    log = make_logger(args.log_level, args.log_format)
+    if args.demo:
+        return asyncio.run(_run_demo(args, log, web_config, signals))
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        _print_errors(exc)
+        print(
+            "hint: try `koodrive-exporter --demo` to run against the built-in simulator",
+            file=sys.stderr,
+        )
+        return 1
+    return asyncio.run(_run(config, args, log, web_config, signals))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="koodrive-exporter",
+        description="Prometheus exporter for Huawei Cloud KooDrive space usage. "
+        "Run `koodrive-exporter simulate --help` for the built-in KooDrive simulator.",
+    )
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        default="config.yaml",
+        help="YAML configuration file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the configuration, print the result and exit",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=":9877",
+        help="address to serve metrics on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        help="path under which to expose metrics (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        help="exporter-toolkit web config file: TLS, basic auth, response headers",
+    )
+    parser.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        default=40,
+        help="concurrent scrapes before answering 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help="open connections; at the cap an idle or unfinished one is closed to make room, "
+        "else the new one is (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.protect-probes",
+        dest="protect_probes",
+        action="store_true",
+        help="require basic auth on /-/healthy and /-/ready too (default: they are open)",
+    )
+    parser.add_argument(
+        "--shard.count",
+        dest="shard_count",
+        type=int,
+        default=1,
+        help="number of replicas sharing the accounts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shard.index",
+        dest="shard_index",
+        default="0",
+        help="this replica's shard, 0..count-1, or auto for a StatefulSet pod's ordinal",
+    )
+    parser.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="allow reloading the config with POST /-/reload (SIGHUP always does)",
+    )
+    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=FORMATS,
+        default="auto",
+        help="auto: console on a terminal, JSON otherwise",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="poll the built-in simulator with two demo accounts; no config",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"koodrive-exporter {__version__} (python {platform.python_version()})",
+    )
+    return parser
+
+
+def _check(path: str, web_config_file: str | None) -> int:
+    failed = False
+    if web_config_file:
+        try:
+            load_web_config(web_config_file)
+        except ConfigError as exc:
+            _print_errors(exc, "web config error")
+            failed = True
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_errors(exc)
+        return 1
+    if failed:
+        return 1
+    print(f"config OK: {len(config.accounts)} accounts")
+    return 0
+
+
+def _print_errors(exc: ConfigError, kind: str = "config error") -> None:
+    for error in exc.errors:
+        print(f"{kind}: {error}", file=sys.stderr)
+
+
+def _settings(args: argparse.Namespace, web_config: WebConfig | None) -> Settings:
+    return Settings(
+        telemetry_path=args.telemetry_path,
+        web_config=web_config,
+        web_config_file=args.web_config_file,
+        max_requests=args.max_requests,
+        max_connections=args.max_connections,
+        protect_probes=args.protect_probes,
+        shard_count=args.shard_count,
+        shard_index=args.shard_index,
+    )
+
+
+async def _run(
+    config: Config,
+    args: argparse.Namespace,
+    log: structlog.typing.FilteringBoundLogger,
+    web_config: WebConfig | None,
+    signals: Signals,
+) -> int:
+    log.info(
+        "starting",
+        version=__version__,
+        accounts=len(config.accounts),
+        config_file=config.source,
+        shard=f"{args.shard_index}/{args.shard_count}",
+    )
+    settings = dataclasses.replace(
+        _settings(args, web_config),
+        config_file=args.config_file,
+        enable_lifecycle=args.enable_lifecycle,
+    )
+    app = create_app(config, log, settings)
+    stop = asyncio.Event()
+    signals.attach(stop, lambda: request_reload(app))
+    return await _serve(app, args.listen_address, log, stop)
+
+
+async def _serve(
+    app: web.Application,
+    address: str,
+    log: structlog.typing.FilteringBoundLogger,
+    stop: asyncio.Event,
+    on_ready: Callable[[list[str]], None] | None = None,
+) -> int:
+    try:
+        await serve(app, address, log, stop, on_ready)
+    except OSError as exc:
+        log.error("cannot_listen", address=address, error=exc.strerror or str(exc))
+        return 1
+    return 0
+
+
+async def _run_demo(
+    args: argparse.Namespace,
+    log: structlog.typing.FilteringBoundLogger,
+    web_config: WebConfig | None,
+    signals: Signals,
+) -> int:
+    stop = asyncio.Event()
+    signals.attach(stop)
+    accounts = demo_config()
+    simulator = Simulator(accounts)
+    sim_runner, sim_url = await start_simulator(simulator)
+    try:
+        config = point_at(accounts, sim_url)
+
+        def announce(urls: list[str]) -> None:
+            base = urls[0].replace("0.0.0.0", "localhost").replace("[::]", "localhost")  # noqa: S104
+            print(f"KooDrive simulator: {sim_url}", flush=True)
+            print(f"Exporter:           {base}/", flush=True)
+            print(f"Metrics:            {base}{args.telemetry_path}", flush=True)
+
+        log.info("demo", simulator=sim_url, accounts=[a.name for a in config.accounts])
+        app = create_app(config, log, _settings(args, web_config))
+        return await _serve(app, args.listen_address, log, stop, announce)
+    finally:
+        await sim_runner.cleanup()
+
+
+def _simulate(argv: list[str], signals: Signals) -> int:
+    parser = argparse.ArgumentParser(
+        prog="koodrive-exporter simulate",
+        description="Serve a fake KooDrive overview API for the accounts of a config file.",
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:9878", help="host:port to listen on (default: %(default)s)"
+    )
+    parser.add_argument("--config", required=True, help="exporter config whose accounts to serve")
+    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
+    parser.add_argument("--log.format", dest="log_format", choices=FORMATS, default="auto")
+    args = parser.parse_args(argv)
+    try:
+        host, port = parse_listen_address(args.listen)
+        config = load_config(args.config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        _print_errors(exc)
+        return 1
+    log = make_logger(args.log_level, args.log_format)
+    simulator = Simulator(config)
+    return asyncio.run(_run_simulator(simulator, host or "127.0.0.1", port, log, signals))
+
+
+async def _run_simulator(
+    simulator: Simulator,
+    host: str,
+    port: int,
+    log: structlog.typing.FilteringBoundLogger,
+    signals: Signals,
+) -> int:
+    stop = asyncio.Event()
+    signals.attach(stop)
+    try:
+        runner, url = await start_simulator(simulator, host, port)
+    except OSError as exc:
+        log.error("cannot_listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
+        return 1
+    print(f"KooDrive simulator: {url}", flush=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
+    await runner.cleanup()
+    return 0

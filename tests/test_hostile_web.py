@@ -1,0 +1,429 @@
+"""Hostile clients against the running exporter, over real loopback sockets.
+
+Each test drives one attack class with real connections and asserts the bound that holds
+it: connections that never finish a handshake or a head, scrapers that never read, floods
+of guesses, passwords past bcrypt's 72 bytes, live web-config changes that would weaken
+security, and reloads of files that are not configs at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import signal
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import bcrypt
+import pytest
+from conftest import LogCapture, two_account_config, wait_for
+from test_cli import SCRIPT, reap, start_pair, wait_metrics
+from test_security import HASH, PASSWORD, TLS_AND_AUTH, Served, basic, fetch, start
+
+from exporter.server import EXPOSITION, GUARD
+
+AUTH_ONLY = f"basic_auth_users:\n  alice: {HASH}\n"
+IDENTITY = {"Accept-Encoding": "identity"}
+TLS_ONLY = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+
+
+def port_of(served: Served) -> int:
+    return int(served.url.rsplit(":", 1)[1])
+
+
+async def open_raw(
+    served: Served, source: str = "127.0.0.1", rcvbuf: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    if rcvbuf is not None:  # a tiny receive window, so a client that never reads stalls fast
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind((source, 0))
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port_of(served)))
+    return await asyncio.open_connection(sock=sock)
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """Everything the server sent before it closed the connection; fails if it did not."""
+    data = b""
+    async with asyncio.timeout(seconds):
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                data += chunk
+    return data
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, web_yaml: str, **settings: object) -> AsyncIterator[Served]:
+    async for item in start(tmp_path, web_yaml, **settings):
+        yield item
+
+
+# --- connections that never finish ------------------------------------------------------
+
+
+async def test_tls_handshake_counts_against_the_head_deadline(tmp_path: Path) -> None:
+    """Connections that never send a ClientHello are closed by the head deadline."""
+    async with serving(tmp_path, TLS_ONLY, read_header_timeout=0.5) as served:
+        started = time.monotonic()
+        pending = [await open_raw(served) for _ in range(30)]
+        for reader, _ in pending:
+            assert await closed_within(reader, 3) == b""
+        assert time.monotonic() - started < 1.5  # 0.5 s deadline + one sweep period
+        await wait_for(lambda: not served.app[GUARD].connections, 2)
+        for _, writer in pending:
+            writer.close()
+
+
+async def test_connection_cap_evicts_unfinished_connections_and_probes_still_answer(
+    tmp_path: Path,
+) -> None:
+    """Three times the cap in never-handshaking connections; probes keep answering."""
+    async with serving(tmp_path, TLS_ONLY, max_connections=40) as served:
+        guard = served.app[GUARD]
+        flood = [await open_raw(served, "127.0.0.2") for _ in range(120)]
+        await asyncio.sleep(0.1)
+        assert len(guard.connections) <= 40
+        assert guard.evicted >= 80
+        for _ in range(5):
+            started = time.monotonic()
+            assert (await fetch(served, "/-/healthy"))[0] == 200
+            assert (await fetch(served, "/metrics"))[0] == 200
+            assert time.monotonic() - started < 1.0
+        # Evicted connections were closed at once (the oldest went first).
+        assert await closed_within(flood[0][0], 1) == b""
+        for _, writer in flood:
+            writer.close()
+
+
+async def test_new_connection_is_refused_when_every_connection_is_busy(tmp_path: Path) -> None:
+    async with serving(tmp_path, "", max_connections=3, write_timeout=5) as served:
+        served.app[EXPOSITION].render = lambda gzipped=False: b"#" * (16 << 20)  # type: ignore[method-assign]
+        stalled = []
+        for _ in range(3):  # three scrapes that never read: busy until the write deadline
+            reader, writer = await open_raw(served, rcvbuf=4096)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.append((reader, writer))
+        await wait_for(lambda: all(c.busy for c in served.app[GUARD].connections), 3)
+        reader, writer = await open_raw(served)
+        assert await closed_within(reader, 1) == b""
+        assert served.app[GUARD].refused >= 1
+        for _, w in (*stalled, (reader, writer)):
+            w.close()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"\r\n\r\n",
+        b"\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n",
+        b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n",
+        b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n\r\n\r\nGET /metri",
+    ],
+    ids=["blank-lines-only", "blank-lines-then-partial", "pipelined-partial", "partial-after"],
+)
+async def test_head_deadline_cannot_be_sidestepped(tmp_path: Path, sent: bytes) -> None:
+    async with serving(tmp_path, "", read_header_timeout=0.5) as served:
+        reader, writer = await open_raw(served)
+        writer.write(sent)
+        started = time.monotonic()
+        received = await closed_within(reader, 3)
+        assert time.monotonic() - started < 1.5
+        # A complete request in front of the partial one was still answered.
+        assert received.count(b"HTTP/1.1 200") == sent.count(b"/-/healthy")
+        writer.close()
+
+
+async def test_head_dripped_byte_by_byte_is_cut_off(tmp_path: Path) -> None:
+    async with serving(tmp_path, "", read_header_timeout=0.5) as served:
+        reader, writer = await open_raw(served)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.02)
+                if reader.at_eof() or writer.is_closing():
+                    break
+        assert await closed_within(reader, 2) == b""
+        assert time.monotonic() - started < 1.5
+        writer.close()
+
+
+async def test_head_size_is_capped(tmp_path: Path) -> None:
+    """98 lines of 8 KB, each under aiohttp's line limit, never finishing the head."""
+    async with serving(tmp_path, "") as served:
+        reader, writer = await open_raw(served)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(ConnectionError):
+            for index in range(98):
+                writer.write(f"X-H{index}: ".encode() + b"a" * 8000 + b"\r\n")
+                await writer.drain()
+        received = await closed_within(reader, 3)
+        assert received.startswith(b"HTTP/1.1 431 ")
+        writer.close()
+        assert (await fetch(served, "/metrics"))[0] == 200
+
+
+# --- scrapers that never read -----------------------------------------------------------
+
+
+async def test_scrape_slot_is_held_until_the_body_is_written(tmp_path: Path) -> None:
+    """Real non-reading clients fill --web.max-requests; the next scrape gets 503."""
+    big = b"#" * (8 << 20)
+    async with serving(tmp_path, "", max_requests=5, write_timeout=1.0) as served:
+        served.app[EXPOSITION].render = lambda gzipped=False: big  # type: ignore[method-assign]
+        guard = served.app[GUARD]
+        stalled = []
+        for _ in range(5):
+            reader, writer = await open_raw(served, rcvbuf=4096)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.append((reader, writer))
+        await wait_for(lambda: guard._scrapes == 5, 3)
+        status, _, body = await fetch(served, "/metrics")
+        assert (status, body) == (503, "too many concurrent scrapes\n")
+        # Nobody holds a copy of the body: each stalled transport buffers about one piece.
+        for connection in guard.connections:
+            if connection.busy:
+                assert connection.app_transport.get_write_buffer_size() < 512 * 1024
+        # The write deadline closes the stalled clients and frees their slots.
+        await wait_for(lambda: guard._scrapes == 0, 4)
+        for reader, writer in stalled:
+            received = await closed_within(reader, 2)
+            assert len(received) < len(big)
+            writer.close()
+        status, _, body = await fetch(served, "/metrics", headers=IDENTITY)
+        assert (status, len(body)) == (200, len(big))
+
+
+# --- basic auth -------------------------------------------------------------------------
+
+
+def hash_of(password: bytes, cost: int = 4) -> str:
+    return bcrypt.hashpw(password[:72], bcrypt.gensalt(cost)).decode()
+
+
+def auth_header(user: str, password: bytes) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(user.encode() + b":" + password).decode()}
+
+
+async def test_password_longer_than_72_bytes_gets_the_exporter_toolkit_verdict(
+    tmp_path: Path,
+) -> None:
+    long = b"p" * 72 + b"-and-then-some-more-bytes-that-bcrypt-never-reads"
+    web_yaml = f"basic_auth_users:\n  alice: {hash_of(long)}\n"
+    async with serving(tmp_path, web_yaml) as served:
+        assert (await fetch(served, "/metrics", headers=auth_header("alice", long)))[0] == 200
+        # Go's bcrypt reads 72 bytes: a different tail is the same password to it.
+        other_tail = b"p" * 72 + b"anything"
+        assert (await fetch(served, "/metrics", headers=auth_header("alice", other_tail)))[0] == 200
+        assert (await fetch(served, "/metrics", headers=auth_header("alice", b"p" * 71)))[0] == 401
+
+
+async def test_a_flood_of_guesses_does_not_delay_a_login_from_elsewhere(tmp_path: Path) -> None:
+    cost = 10
+    web_yaml = f"basic_auth_users:\n  alice: {hash_of(PASSWORD.encode(), cost)}\n"
+    async with serving(tmp_path, web_yaml) as served:
+        port = port_of(served)
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=0)
+        async with aiohttp.ClientSession(connector=connector) as attacker:
+
+            async def guess(index: int) -> int:
+                url = f"http://127.0.0.1:{port}/metrics"
+                async with attacker.get(url, headers=basic("alice", f"guess-{index}")) as r:
+                    return r.status
+
+            flood = [asyncio.create_task(guess(index)) for index in range(200)]
+            await asyncio.sleep(0.2)  # the flood is in flight
+            started = time.monotonic()
+            status, _, _ = await fetch(served, "/metrics", headers=basic("alice", PASSWORD))
+            took = time.monotonic() - started
+            statuses = await asyncio.gather(*flood)
+        assert status == 200
+        assert took < 2.0, f"a correct login took {took:.2f}s during the flood"
+        assert set(statuses) <= {401, 429}
+        assert statuses.count(429) > 150  # one check at a time for the flooding address
+
+
+async def test_unknown_and_cheap_users_take_as_long_as_the_costliest(tmp_path: Path) -> None:
+    web_yaml = f"basic_auth_users:\n  slow: {hash_of(b'x', 12)}\n  fast: {hash_of(b'y', 4)}\n"
+    async with serving(tmp_path, web_yaml) as served:
+
+        async def timed(user: str, password: str) -> float:
+            started = time.monotonic()
+            assert (await fetch(served, "/metrics", headers=basic(user, password)))[0] == 401
+            return time.monotonic() - started
+
+        await timed("warm", "up")
+        slow = min([await timed("slow", f"w{i}") for i in range(2)])
+        fast = min([await timed("fast", f"w{i}") for i in range(2)])
+        unknown = min([await timed("nobody", f"w{i}") for i in range(2)])
+        assert fast > 0.7 * slow, (fast, slow)
+        assert unknown > 0.7 * slow, (unknown, slow)
+
+
+# --- live web config changes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["", "basic_auth_us", "{}\n", "basic_auth_users: {}\n"])
+async def test_a_live_change_cannot_turn_basic_auth_off(tmp_path: Path, content: str) -> None:
+    async with serving(tmp_path, AUTH_ONLY) as served:
+        assert (await fetch(served, "/metrics"))[0] == 401
+        await asyncio.sleep(0.01)
+        (served.directory / "web.yml").write_text(content)
+        assert not served.app[GUARD].refresh()
+        assert (await fetch(served, "/metrics"))[0] == 401
+        assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
+
+
+# --- reloads and signals ----------------------------------------------------------------
+
+NOT_A_CONFIG = ["? [a, b]: c\n", "accounts:\n  - name: 2024-13-45\n", "accounts: [*nope]\n"]
+
+
+@pytest.mark.parametrize("text", NOT_A_CONFIG, ids=["complex-key", "bad-date", "alias"])
+async def test_reload_of_a_broken_file_is_a_clean_error(tmp_path: Path, text: str) -> None:
+    simulator, exporter, _, url, config = await start_pair(tmp_path, "--web.enable-lifecycle")
+    try:
+        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1' in t)
+        config.write_text(text)
+        async with aiohttp.ClientSession() as session, session.post(url + "/-/reload") as r:
+            status, body = r.status, await r.text()
+        assert status == 500
+        assert body.strip()
+        assert "Internal Server Error" not in body
+        text_after = await wait_metrics(
+            url, lambda t: "koodrive_exporter_config_last_reload_successful 0" in t
+        )
+        assert 'koodrive_up{account="beta"} 1' in text_after  # the old config still runs
+        exporter.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        exporter.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(exporter.wait(), 10) == 0
+        assert exporter.stderr is not None
+        stderr = (await exporter.stderr.read()).decode()
+        assert "Traceback" not in stderr
+        assert "never retrieved" not in stderr
+    finally:
+        await reap(exporter, simulator)
+
+
+# From about 40 ms on: before that the interpreter itself is starting, and no Python code
+# (so no handler) runs yet.
+@pytest.mark.parametrize("delay", [0.1, 0.2, 0.3, 0.5])
+async def test_sigterm_right_after_start_exits_cleanly(tmp_path: Path, delay: float) -> None:
+    config = two_account_config("http://127.0.0.1:9", tmp_path)
+    process = await asyncio.create_subprocess_exec(
+        str(SCRIPT), f"--config.file={config}", "--web.listen-address=127.0.0.1:0",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await asyncio.sleep(delay)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        await reap(process)
+
+
+async def test_a_second_sigterm_during_shutdown_still_exits_cleanly(tmp_path: Path) -> None:
+    simulator, exporter, _, url, _ = await start_pair(tmp_path)
+    try:
+        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1' in t)
+        for _ in range(3):
+            exporter.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.002)
+        assert await asyncio.wait_for(exporter.wait(), 10) == 0
+    finally:
+        await reap(exporter, simulator)
+
+
+def test_no_module_state_survives_between_apps() -> None:
+    """The guard keeps its handshakes per instance: two apps never share connections."""
+    from exporter.httpguard import HttpGuard
+
+    first, second = (HttpGuard(None, None, LogCapture().log) for _ in range(2))
+    assert first.handshakes is not second.handshakes
+    assert first.connections is not second.connections
+
+
+async def test_tls_scrape_still_works_through_the_guard(tmp_path: Path) -> None:
+    async with serving(tmp_path, TLS_AND_AUTH) as served:
+        status, headers, body = await fetch(
+            served, "/metrics", headers={**basic("alice", PASSWORD), **IDENTITY}
+        )
+        assert status == 200
+        assert int(headers["Content-Length"]) == len(body.encode())
+        context = served.client_context()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(served), ssl=context)
+        assert isinstance(writer.get_extra_info("ssl_object"), ssl.SSLObject)
+        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+
+
+# --- the same verdict as exporter-toolkit -----------------------------------------------
+
+TOOLKIT_CASES = {
+    "exact": b"p" * 72,
+    "longer, same first 72 bytes": b"p" * 72 + b"-tail-bcrypt-never-reads",
+    "shorter": b"p" * 71,
+    "other 72nd byte": b"p" * 71 + b"q",
+    "empty": b"",
+    "with colon": b"p" * 72 + b":x",
+    "not utf-8": b"p" * 72 + b"\xff\xfe",
+}
+
+
+async def test_basic_auth_verdicts_match_exporter_toolkit(
+    tmp_path: Path, prometheus_binary: str
+) -> None:
+    """Debian's Prometheus reads the same web config with exporter-toolkit (Go's bcrypt)."""
+    web_yaml = f"basic_auth_users:\n  alice: {hash_of(b'p' * 72)}\n"
+    (tmp_path / "prom").mkdir()
+    (tmp_path / "prom" / "web.yml").write_text(web_yaml)
+    (tmp_path / "prom" / "prometheus.yml").write_text("global: {}\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        prom_port = sock.getsockname()[1]
+    prometheus = await asyncio.create_subprocess_exec(
+        prometheus_binary,
+        f"--config.file={tmp_path / 'prom' / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'prom' / 'data'}",
+        f"--web.listen-address=127.0.0.1:{prom_port}",
+        f"--web.config.file={tmp_path / 'prom' / 'web.yml'}",
+        "--log.level=error",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def toolkit(password: bytes) -> int:
+                url = f"http://127.0.0.1:{prom_port}/-/healthy"
+                async with session.get(url, headers=auth_header("alice", password)) as r:
+                    return r.status
+
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    if await toolkit(b"p" * 72) == 200:
+                        break
+                assert time.monotonic() < deadline, "prometheus did not start"
+                await asyncio.sleep(0.1)
+            expected = {name: await toolkit(pw) for name, pw in TOOLKIT_CASES.items()}
+        async with serving(tmp_path, web_yaml, protect_probes=True) as served:
+            ours = {
+                name: (await fetch(served, "/-/healthy", headers=auth_header("alice", pw)))[0]
+                for name, pw in TOOLKIT_CASES.items()
+            }
+        print(f"exporter-toolkit verdicts: {expected}")
+        assert ours == expected
+        assert expected["longer, same first 72 bytes"] == 200
+    finally:
+        prometheus.terminate()
+        await asyncio.wait_for(prometheus.wait(), 10)
