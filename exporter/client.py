@@ -7,18 +7,19 @@ about aiohttp's exception zoo.
 from __future__ import annotations
 
 import json
+import math
 import random
 import ssl
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from . import __version__
-from .clock import SkewEstimator, parse_http_date, parse_retry_after
+from .clock import PLAUSIBLE_SKEW, SkewEstimator, parse_http_date, parse_retry_after
 from .config import AccountConfig
 from .credentials import CredentialStore
 from .model import FetchError, Reason, Usage, truncate
@@ -30,6 +31,14 @@ USER_AGENT = f"koodrive-exporter/{__version__}"
 AUTH_STATUSES = frozenset({400, 401, 403})
 INT64_MAX = (1 << 63) - 1
 USAGE_FIELDS = ("totalAllocation", "totalCapacity", "totalUsed")
+# No usage total needs more than 19 digits; a longer integer is junk, and refusing it here
+# keeps int() from spending quadratic time on a 10,000-digit number.
+JSON_INT_DIGITS = 40
+# Notices kept per account until the poller collects them; one is made per run of bad
+# `Date` headers, so this only matters when nobody collects.
+NOTICE_LIMIT = 8
+
+Notice = tuple[str, dict[str, object]]
 
 
 class KooDriveClient:
@@ -52,7 +61,8 @@ class KooDriveClient:
         # one host share its clock, but an account's own responses have the last word.
         self._skews: dict[tuple[str, str], SkewEstimator] = {}
         self._host_offsets: dict[str, float] = {}
-        self._tls: dict[Path, ssl.SSLContext] = {}
+        # Things worth a warning that happened during a request, for the poller to log.
+        self._notices: dict[str, deque[Notice]] = {}
         # Responses within one second share their Date header: parse each value once.
         self._last_date: tuple[str | None, float | None] = (None, None)
 
@@ -72,9 +82,34 @@ class KooDriveClient:
             self._skews[(account.name, host)] = estimator
         return estimator
 
-    def credentials_changed(self, account: AccountConfig) -> bool:
+    async def credentials_changed(self, account: AccountConfig) -> bool:
         """Re-read the account's secret files now; True if what they hold has changed."""
-        return self._credentials.refresh(account)
+        return await self._credentials.refresh_async(account)
+
+    def drain_notices(self, account: AccountConfig) -> list[Notice]:
+        """Warnings (event, fields) gathered for the account since the last call."""
+        notices = self._notices.pop(account.name, None)
+        return list(notices) if notices else []
+
+    def forget(self, gone: Iterable[AccountConfig], keep: Iterable[AccountConfig]) -> None:
+        """Drop what was cached for removed or changed accounts (their old configs).
+
+        Skew estimates of a changed account start afresh (from its host's latest estimate);
+        files are dropped unless an unchanged account in `keep` uses them too.
+        """
+        gone, keep = list(gone), list(keep)
+        names = {account.name for account in gone}
+        for key in [key for key in self._skews if key[0] in names]:
+            del self._skews[key]
+        for name in names:
+            self._notices.pop(name, None)
+        endpoints = {account.endpoint for account in keep}
+        hosts = {self._target(endpoint)[1] for endpoint in endpoints}
+        for endpoint in [e for e in self._targets if e not in endpoints]:
+            del self._targets[endpoint]
+        for host in [h for h in self._host_offsets if h not in hosts]:
+            del self._host_offsets[host]
+        self._credentials.forget(gone, keep)
 
     async def overview(self, account: AccountConfig, trace_id: str) -> Usage:
         """GET the space usage overview of one account, signed afresh for this request.
@@ -84,20 +119,20 @@ class KooDriveClient:
         """
         url, host, path = self._target(account.endpoint)
         skew = self._skew(account, host)
+        credentials = await self._credentials.resolve(account)
+        tls = await self._credentials.tls(account)
         headers = request_headers(
-            self._credentials.credentials(account),
+            credentials,
             host=host,
             user_id=account.user_id,
-            now=self._clock() + (skew.offset or 0.0) - account.x_date_margin,
+            now=self._clock() + _usable(skew.offset) - account.x_date_margin,
             trace_id=trace_id,
             language=account.language,
             path=path,
         )
         headers["Accept"] = "application/json"
         headers["User-Agent"] = USER_AGENT
-        status, body, retry_after = await self._get(
-            url, headers, account.timeout, skew, self._tls_for(account)
-        )
+        status, body, retry_after = await self._get(url, headers, account, skew, tls)
         if skew.offset is not None:
             self._host_offsets[host] = skew.offset
         if status != 200:
@@ -112,19 +147,6 @@ class KooDriveClient:
             target = self._targets[endpoint] = target_of(endpoint, OVERVIEW_PATH)
         return target
 
-    def _tls_for(self, account: AccountConfig) -> ssl.SSLContext | bool:
-        """Verification always on (system CAs, or the account's ca_file) unless disabled."""
-        if account.insecure_skip_verify:
-            return False
-        if account.ca_file is None:
-            return True
-        context = self._tls.get(account.ca_file)
-        if context is None:
-            context = self._tls[account.ca_file] = ssl.create_default_context(
-                cafile=account.ca_file
-            )
-        return context
-
     def _server_date(self, header: str | None) -> float | None:
         text, value = self._last_date
         if header != text:
@@ -132,15 +154,46 @@ class KooDriveClient:
             self._last_date = (header, value)
         return value
 
+    def _observe_date(
+        self,
+        account: AccountConfig,
+        url: URL,
+        skew: SkewEstimator,
+        header: str | None,
+        sent_at: float,
+        received_at: float,
+    ) -> None:
+        """Feed a `Date` to the estimate; note the first of a run of unusable ones.
+
+        A broken header is ignored rather than trusted, so the next sane one is all it
+        takes to carry on; noting only the first keeps a persistently broken upstream
+        from writing a warning per poll.
+        """
+        if header is None:
+            return
+        server_date = self._server_date(header)
+        if server_date is None:
+            skew.reject()
+            why = "not an RFC 9110 HTTP-date in GMT"
+        elif skew.observe(server_date, sent_at, received_at):
+            return
+        else:
+            why = f"more than {PLAUSIBLE_SKEW:g}s from the local clock"
+        if skew.ignored == 1:
+            fields: dict[str, object] = {"host": url.host, "date": truncate(header, 64), "why": why}
+            notices = self._notices.setdefault(account.name, deque(maxlen=NOTICE_LIMIT))
+            notices.append(("server_date_ignored", fields))
+
     async def _get(
         self,
         url: URL,
         headers: dict[str, str],
-        limit: float,
+        account: AccountConfig,
         skew: SkewEstimator,
         tls: ssl.SSLContext | bool,
     ) -> tuple[int, bytes, float | None]:
         """Status, capped body and Retry-After; feeds every response's `Date` to `skew`."""
+        limit = account.timeout
         sent_at = self._clock()
         try:
             async with self._session.get(
@@ -151,9 +204,8 @@ class KooDriveClient:
                 ssl=tls,
             ) as response:
                 received_at = self._clock()
-                server_date = self._server_date(response.headers.get("Date"))
-                if server_date is not None:
-                    skew.observe(server_date, sent_at, received_at)
+                date = response.headers.get("Date")
+                self._observe_date(account, url, skew, date, sent_at, received_at)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), received_at)
                 return response.status, await _read_capped(response), retry_after
         except TimeoutError:
@@ -207,9 +259,49 @@ def parse_overview(body: bytes) -> Usage:
     return Usage(allocation_kb=allocation, capacity_kb=capacity, used_kb=used)
 
 
+class _RefusedJSONError(ValueError):
+    """Valid JSON the exporter will not interpret: it cannot know what the sender meant."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, refusing duplicate keys: `{"code":1,...,"code":0}` must not read as 0."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _RefusedJSONError(f"duplicate key {key!r}")
+        document[key] = value
+    return document
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _RefusedJSONError(f"number out of range: {text[:20]}")
+    return number
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > JSON_INT_DIGITS:
+        raise _RefusedJSONError(f"integer of {len(text)} digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> object:
+    raise _RefusedJSONError(f"{name} is not JSON")
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; FetchError(invalid_response) for anything doubtful."""
     try:
-        document = json.loads(body)
+        document = json.loads(
+            body,
+            object_pairs_hook=_unique_keys,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+            parse_constant=_no_constant,
+        )
+    except _RefusedJSONError as exc:
+        raise FetchError(Reason.INVALID_RESPONSE, f"body is refused: {exc}") from None
     except (ValueError, RecursionError):
         raise FetchError(Reason.INVALID_RESPONSE, "body is not valid JSON") from None
     if not isinstance(document, dict):
@@ -300,6 +392,14 @@ def target_of(endpoint: str, api_path: str) -> tuple[URL, str, str]:
     if url.explicit_port is not None and not url.is_default_port():
         host += f":{url.port}"
     return url, host, url.path
+
+
+def _usable(offset: float | None) -> float:
+    """The estimate to sign with, or none: estimates are bounded, but signing must not
+    depend on that, as a signer that raises can never send the request that corrects it."""
+    if offset is None or not math.isfinite(offset) or abs(offset) > PLAUSIBLE_SKEW:
+        return 0.0
+    return offset
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import structlog
 
+from .clock import RETRY_AFTER_CAP, retry_after_cap
 from .config import AccountConfig
 from .model import FetchError, Reason, Snapshot, Usage
 from .state import ExporterState
@@ -42,9 +43,20 @@ class OverviewSource(Protocol):
 
     async def overview(self, account: AccountConfig, trace_id: str) -> Usage: ...
 
-    def credentials_changed(self, account: AccountConfig) -> bool: ...
+    async def credentials_changed(self, account: AccountConfig) -> bool: ...
 
     def clock_skew(self, account: AccountConfig) -> float | None: ...
+
+    def drain_notices(self, account: AccountConfig) -> list[tuple[str, dict[str, object]]]:
+        """Warnings (event name, fields) about the account's upstream since the last call;
+        the source has no logger of its own, so the poller writes them."""
+        ...
+
+    def forget(self, gone: Iterable[AccountConfig], keep: Iterable[AccountConfig]) -> None:
+        """Drop what was cached for `gone` (removed, or the old configs of changed accounts),
+        except what the `keep` accounts (configured before and unchanged) use too: a secret
+        must not outlive its account in memory, and a changed account starts afresh."""
+        ...
 
 
 def startup_window(accounts: int) -> float:
@@ -79,6 +91,7 @@ class Poller:
         timeout_grace: float = TIMEOUT_GRACE,
         max_concurrency: int = 64,
         wall_clock: Callable[[], float] = time.time,
+        retry_after_cap: float = RETRY_AFTER_CAP,
     ) -> None:
         self._accounts = {account.name: account for account in accounts}
         self._source = source
@@ -88,6 +101,7 @@ class Poller:
         self._startup_window = startup_window  # None: startup_window(len(accounts))
         self._timeout_grace = timeout_grace
         self._wall_clock = wall_clock
+        self._retry_after_cap = retry_after_cap
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Requests in flight over all accounts: thousands of accounts must not open
         # thousands of connections at once (backoff sleeps do not hold a slot).
@@ -118,7 +132,10 @@ class Poller:
         removed = [name for name in self._accounts if name not in new]
         changed = [n for n, a in new.items() if n in self._accounts and self._accounts[n] != a]
         added = [name for name in new if name not in self._accounts]
+        unchanged = [name for name in new if name in self._accounts and name not in changed]
         await self._cancel(removed + changed)
+        gone = [self._accounts[name] for name in removed + changed]
+        self._source.forget(gone, [self._accounts[name] for name in unchanged])
         self._accounts = new
         self._state.set_accounts(new.values())
         for name in added + changed:
@@ -152,11 +169,25 @@ class Poller:
                 due = started + account.interval * self._rng.uniform(0.5, 1.5)
             else:
                 due = started + next_delay(self._rng, account.interval)
-            if snapshot.retry_after is not None:  # never undercut the upstream's wish
-                due = max(due, loop.time() + snapshot.retry_after)
+            if snapshot.retry_after is not None:  # never undercut the upstream's wish...
+                due = max(due, loop.time() + self._deferral(account, snapshot.retry_after))
             tick = min(TICK, account.interval / 20)
             due = math.ceil(due / tick) * tick
             await asyncio.sleep(max(0.0, due - loop.time()))
+
+    def _deferral(self, account: AccountConfig, requested: float) -> float:
+        """...but never wait longer than the cap: one hostile header must not silence an
+        account for a day. Deferrals beyond the interval are logged, as they leave a gap."""
+        applied = min(requested, retry_after_cap(account.interval, self._retry_after_cap))
+        if requested > account.interval:
+            self._log.warning(
+                "poll_deferred",
+                account=account.name,
+                retry_after_s=requested,
+                applied_s=applied,
+                capped=applied < requested,
+            )
+        return applied
 
     async def poll_once(self, account: AccountConfig) -> Snapshot:
         """Poll one account, with retries inside its interval; never raises (but cancel).
@@ -189,7 +220,7 @@ class Poller:
             failures.append(error.reason)
             if error.reason is Reason.AUTH and not rotation_retried:
                 rotation_retried = True
-                if self._source.credentials_changed(account):
+                if await self._secret_rotated(account):
                     self._log_attempt(account, trace_id, error, 0.0, "secret file changed")
                     continue
             if not error.transient or retries >= account.retries:
@@ -217,8 +248,19 @@ class Poller:
             retry_after=error.retry_after if error else None,
         )
         self._state.record(snapshot)
+        for event, fields in self._source.drain_notices(account):
+            self._log.warning(event, account=account.name, trace_id=trace_id, **fields)
         self._log_poll(snapshot)
         return snapshot
+
+    async def _secret_rotated(self, account: AccountConfig) -> bool:
+        """Whether a re-read found a new secret; bounded, as it reads files (in a thread)
+        that may sit on a hung mount, and outside `_attempt`'s timeout."""
+        try:
+            async with asyncio.timeout(account.timeout):
+                return await self._source.credentials_changed(account)
+        except TimeoutError:
+            return False
 
     async def _attempt(self, account: AccountConfig, trace_id: str) -> Usage:
         """One request, with every failure turned into a FetchError."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,11 @@ X_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 SIGNED_HEADERS = ("host", "x-date", "x-user-id")
 EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
 TRACE_ID_LENGTH = 58
+# The span an X-Date can spell (four-digit years). Times outside it are clamped, because a
+# signer that raises sends nothing, and then no response can ever correct the clock it was
+# given; a clamped date is merely refused by the server, which reports and then heals.
+X_DATE_MIN = 0  # 1970-01-01T00:00:00Z: no upstream was ever older
+X_DATE_MAX = 253402300799  # 9999-12-31T23:59:59Z
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +43,15 @@ Credentials = AppCredentials | TokenCredentials
 
 
 def format_x_date(epoch_seconds: float) -> str:
-    """UTC `yyyyMMddTHHmmssZ`, truncated (never rounded up) so it is never in the future."""
-    return datetime.fromtimestamp(int(epoch_seconds), tz=UTC).strftime(X_DATE_FORMAT)
+    """UTC `yyyyMMddTHHmmssZ`, truncated (never rounded up) so it is never in the future.
+
+    Total: NaN, infinities and years beyond 9999 are clamped into X_DATE_MIN..X_DATE_MAX.
+    """
+    if math.isnan(epoch_seconds):
+        seconds = X_DATE_MIN
+    else:
+        seconds = int(min(max(epoch_seconds, X_DATE_MIN), X_DATE_MAX))
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime(X_DATE_FORMAT)
 
 
 def new_trace_id(rng: random.Random) -> str:

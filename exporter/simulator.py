@@ -119,30 +119,78 @@ class FaultKind(StrEnum):
     CLOCK_OFFSET = "clock_offset"  # this account's server clock is off by `seconds`
     EXPIRED_TOKEN = "expired_token"  # noqa: S105 - a fault's name, not a credential
     WRONG_SIGNATURE = "wrong_signature"
+    DATE = "date"  # a normal answer, but with `date` as its Date header
+    DUPLICATE_KEYS = "duplicate_keys"  # HTTP 200, `{"code":1,...,"code":0}`
+
+
+# The body of DUPLICATE_KEYS: a parser that lets the last key win reads a success.
+DUPLICATE_KEYS_BODY = (
+    b'{"code":1,"msg":"x","data":{"totalAllocation":1,"totalCapacity":2,"totalUsed":1},"code":0}'
+)
+# Header values a fault may send: anything an HTTP/1.1 field value can carry (no CR, LF or
+# NUL, which would split or end the header), up to a size well past any client's limit.
+_HEADER_VALUE = re.compile(r"[^\r\n\x00]{0,65536}")
+_FAULT_KEYS = frozenset({"kind", "seconds", "status", "retry_after", "code", "date"})
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
+    """How an account's answers misbehave. `date`, if set, replaces the Date header of
+    every answer about the account, whatever the kind (and even when it is rejected)."""
+
     kind: FaultKind
     seconds: float = 0.0
     status: int = 500
     retry_after: str = "1"
     code: int = 13000201
+    date: str | None = None
 
     @classmethod
     def from_json(cls, document: object) -> Fault:
+        """Strict: unknown keys, wrong types and unsendable header values are refused."""
         if not isinstance(document, dict) or "kind" not in document:
-            raise ValueError('expected {"kind": ..., optional seconds/status/retry_after/code}')
-        unknown = set(document) - {"kind", "seconds", "status", "retry_after", "code"}
+            raise ValueError(
+                'expected {"kind": ..., optional seconds/status/retry_after/code/date}'
+            )
+        unknown = set(document) - _FAULT_KEYS
         if unknown:
             raise ValueError(f"unknown keys: {sorted(unknown)}")
+        date = document.get("date")
+        status = int(_number(document, "status", 500, integer=True))
+        if not 100 <= status <= 599:
+            raise ValueError("status must be an HTTP status from 100 to 599")
         return cls(
             kind=FaultKind(document["kind"]),
-            seconds=float(document.get("seconds", 0.0)),
-            status=int(document.get("status", 500)),
-            retry_after=str(document.get("retry_after", "1")),
-            code=int(document.get("code", 13000201)),
+            seconds=_number(document, "seconds", 0.0),
+            status=status,
+            retry_after=_header_value(document.get("retry_after", "1"), "retry_after"),
+            code=int(_number(document, "code", 13000201, integer=True)),
+            date=None if date is None else _header_value(date, "date"),
         )
+
+
+def _number(raw: dict[str, object], key: str, default: float, *, integer: bool = False) -> float:
+    """A JSON number; bools and NaN are refused rather than read as 1 or passed on."""
+    value = raw.get(key, default)
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{key} must be a {'whole ' if integer else ''}number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{key} is out of range") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{key} must be finite")
+    return value if isinstance(value, int) else number
+
+
+def _header_value(value: object, key: str) -> str:
+    """Any string a header can carry: the point is to send what a broken upstream sends."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+        raise ValueError(f"{key} must be a string without CR, LF or NUL, at most 64 KiB")
+    return value
 
 
 HUGE_BODY_BYTES = 10 * 1024 * 1024
@@ -216,7 +264,11 @@ class Simulator:
         # A server has one clock: the account's clock-offset fault applies before auth.
         clock_of = candidates[0].name if candidates else None
         now = self.server_now(clock_of)
-        date = {"Date": formatdate(now, usegmt=True)}
+        override = self._faults.get(clock_of) if clock_of else None
+        if override is not None and override.date is not None:
+            date = {"Date": override.date}
+        else:
+            date = {"Date": formatdate(now, usegmt=True)}
         account: AccountConfig | None = None
         try:
             account = self._authenticate(request, candidates, now)
@@ -230,7 +282,7 @@ class Simulator:
             self._note(request, who, f"rejected:{exc.status}", now)
             body = {"code": exc.code, "msg": exc.msg}
             return web.json_response(body, status=exc.status, headers=date)
-        if fault is not None and fault.kind is not FaultKind.CLOCK_OFFSET:
+        if fault is not None and fault.kind not in (FaultKind.CLOCK_OFFSET, FaultKind.DATE):
             self._note(request, account.name, f"fault:{fault.kind}", now)
             return await self._misbehave(request, account.name, fault, date)
         self._note(request, account.name, "accepted", now)
@@ -267,6 +319,10 @@ class Simulator:
             headers = {**headers, "Retry-After": fault.retry_after}
         elif kind is FaultKind.API_ERROR:
             body = {"code": fault.code, "msg": "space missing or abnormal state"}
+        elif kind is FaultKind.DUPLICATE_KEYS:
+            return web.Response(
+                body=DUPLICATE_KEYS_BODY, content_type="application/json", headers=headers
+            )
         elif kind is FaultKind.MALFORMED_JSON:
             return web.Response(
                 body=b'{"code":0,"msg":"success","data":{"totalAlloca',

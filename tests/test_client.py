@@ -184,6 +184,32 @@ FAILURES: dict[str, tuple[Handler, Reason]] = {
     ),
     "body over 1 MiB": (Upstream.raw(b" " * (BODY_LIMIT + 1)), Reason.INVALID_RESPONSE),
 }
+# Bodies a lenient parser reads as a success, or chokes on in unexpected ways.
+HOSTILE_JSON: dict[str, bytes] = {
+    "duplicate code, last one 0": (
+        b'{"code":1,"msg":"x","data":{"totalAllocation":1,"totalCapacity":2,"totalUsed":1},'
+        b'"code":0}'
+    ),
+    "duplicate code, both 0": b'{"code":0,"code":0,"data":' + json.dumps(OK_DATA).encode() + b"}",
+    "duplicate data": (
+        b'{"code":0,"data":{"totalAllocation":1},"data":' + json.dumps(OK_DATA).encode() + b"}"
+    ),
+    "duplicate total inside data": (
+        b'{"code":0,"data":{"totalAllocation":1,"totalCapacity":2,"totalUsed":9,"totalUsed":1}}'
+    ),
+    "1e999": b'{"code":0,"data":{"totalAllocation":1,"totalCapacity":1e999,"totalUsed":1}}',
+    "-1e999 code": b'{"code":-1e999,"data":{}}',
+    "10,000-digit integer": (
+        b'{"code":0,"data":{"totalAllocation":1,"totalCapacity":'
+        + b"9" * 10_000
+        + b',"totalUsed":1}}'
+    ),
+    "10,000-digit code": b'{"code":' + b"1" * 10_000 + b"}",
+    "NaN": b'{"code":0,"data":{"totalAllocation":NaN,"totalCapacity":1,"totalUsed":1}}',
+    "Infinity": b'{"code":0,"data":{"totalAllocation":Infinity,"totalCapacity":1,"totalUsed":1}}',
+    "deeply nested objects": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "deeply nested in data": b'{"code":0,"data":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+}
 
 
 @pytest.mark.parametrize(("handler", "reason"), FAILURES.values(), ids=FAILURES.keys())
@@ -194,6 +220,98 @@ async def test_failures_are_typed(upstream, handler: Handler, reason: Reason) ->
         await fetch(base(server))
     assert info.value.reason is reason
     assert len(info.value.detail) <= 200
+
+
+@pytest.mark.parametrize("body", HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
+async def test_hostile_json_is_invalid_response_never_an_exception(upstream, body) -> None:
+    up, server = upstream
+    up.handler = Upstream.raw(body)
+    with pytest.raises(FetchError) as info:
+        await fetch(base(server))
+    assert info.value.reason is Reason.INVALID_RESPONSE
+    assert len(info.value.detail) <= 200
+
+
+@pytest.mark.parametrize("body", HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
+def test_parse_overview_refuses_hostile_json(body: bytes) -> None:
+    with pytest.raises(FetchError) as info:
+        parse_overview(body)
+    assert info.value.reason is Reason.INVALID_RESPONSE
+
+
+def test_duplicate_keys_are_named_in_the_detail() -> None:
+    with pytest.raises(FetchError) as info:
+        parse_overview(HOSTILE_JSON["duplicate code, last one 0"])
+    assert info.value.detail == "body is refused: duplicate key 'code'"
+
+
+async def test_error_bodies_with_duplicate_keys_keep_the_status_reason(upstream) -> None:
+    up, server = upstream
+    up.handler = Upstream.raw(b'{"code":"APIGW.0301","code":1}', 500)
+    with pytest.raises(FetchError) as info:
+        await fetch(base(server))
+    assert (info.value.reason, info.value.api_code) == (Reason.HTTP_ERROR, None)
+
+
+DATES = {
+    "year 9999": "Fri, 31 Dec 9999 23:59:59 GMT",
+    "year 9999, -2359": "Fri, 31 Dec 9999 23:59:59 -2359",
+    "1970": "Thu, 01 Jan 1970 00:00:00 GMT",
+    "now, -2359": "Mon, 09 Sep 2024 03:33:25 -2359",
+    "now, +0000": "Mon, 09 Sep 2024 03:33:25 +0000",
+    "garbage": "yesterday",
+}
+
+
+@pytest.mark.parametrize("date", DATES.values(), ids=DATES.keys())
+async def test_an_unusable_date_is_ignored_noted_once_and_never_wedges(upstream, date) -> None:
+    up, server = upstream
+    good = "Mon, 09 Sep 2024 03:33:35 GMT"  # 10 s ahead of NOW (minus the Date truncation)
+
+    def answer(value: str) -> Handler:
+        return Upstream.raw(json.dumps(DOC_EXAMPLE).encode(), Date=value)
+
+    async with aiohttp.ClientSession() as session:
+        client = KooDriveClient(session, CredentialStore(), clock=lambda: NOW, rng=random.Random(1))
+        acct = account(base(server))
+        up.handler = answer(good)
+        await client.overview(acct, client.new_trace_id())
+        assert client.clock_skew(acct) == pytest.approx(9.75)
+        up.handler = answer(date)
+        for _ in range(3):  # each answer succeeds, and the estimate stays where it was
+            assert (await client.overview(acct, client.new_trace_id())).used_kb == 33085606
+            assert client.clock_skew(acct) == pytest.approx(9.75)
+        x_dates = [request.headers["X-Date"] for request in up.requests]
+        assert set(x_dates) == {"20240909T033323Z", "20240909T033333Z"}
+        ((event, fields),) = client.drain_notices(acct)  # once per run, not per answer
+        assert event == "server_date_ignored"
+        assert fields["date"] == date
+        assert client.drain_notices(acct) == []
+        up.handler = answer(good)
+        await client.overview(acct, client.new_trace_id())
+        up.handler = answer(date)
+        await client.overview(acct, client.new_trace_id())
+        assert len(client.drain_notices(acct)) == 1  # a new run is noted again
+
+
+async def test_a_first_answer_with_an_absurd_date_leaves_no_skew(upstream) -> None:
+    up, server = upstream
+    up.handler = Upstream.raw(json.dumps(DOC_EXAMPLE).encode(), Date=DATES["1970"])
+    async with aiohttp.ClientSession() as session:
+        client = KooDriveClient(session, CredentialStore(), clock=lambda: NOW, rng=random.Random(1))
+        acct = account(base(server))
+        for _ in range(2):
+            await client.overview(acct, client.new_trace_id())
+        assert client.clock_skew(acct) is None
+        assert [r.headers["X-Date"] for r in up.requests] == ["20240909T033323Z"] * 2
+
+
+async def test_huge_retry_after_is_parsed_without_raising(upstream) -> None:
+    up, server = upstream
+    up.handler = Upstream.raw(b"", 429, **{"Retry-After": "9" * 4000})
+    with pytest.raises(FetchError) as info:
+        await fetch(base(server))
+    assert (info.value.reason, info.value.retry_after) == (Reason.RATE_LIMITED, 86400.0)
 
 
 async def test_api_error_keeps_code_and_message(upstream) -> None:

@@ -48,9 +48,17 @@ class FakeSource:
         self.max_in_flight: dict[str, int] = defaultdict(int)
         self.rotated: set[str] = set()  # accounts whose secret "changes" at the next check
         self.skew: float | None = None
+        self.notices: dict[str, list[tuple[str, dict[str, object]]]] = defaultdict(list)
+        self.forgotten: list[tuple[list[str], list[str]]] = []  # (gone, kept) per forget()
         self._ids = 0
 
-    def credentials_changed(self, account: AccountConfig) -> bool:
+    def drain_notices(self, account: AccountConfig) -> list[tuple[str, dict[str, object]]]:
+        return self.notices.pop(account.name, [])
+
+    def forget(self, gone, keep) -> None:
+        self.forgotten.append(([a.name for a in gone], [a.name for a in keep]))
+
+    async def credentials_changed(self, account: AccountConfig) -> bool:
         if account.name in self.rotated:
             self.rotated.discard(account.name)
             self.behaviour.pop(account.name, None)
@@ -395,3 +403,76 @@ async def test_due_times_snap_to_ticks_so_polls_wake_the_loop_together(logs) -> 
     later = [t for calls in source.calls.values() for t in calls[1:]]
     assert later
     assert all(abs(t / 0.05 - round(t / 0.05)) < 0.2 for t in later), later
+
+
+async def test_a_huge_retry_after_is_capped_and_each_deferral_logged(logs) -> None:
+    source = FakeSource()
+    huge = FetchError(Reason.RATE_LIMITED, "429", retry_after=86400.0)
+    source.behaviour["a"] = [huge, "ok", huge] + ["ok"] * 20
+    acct = account("a", interval=0.1, timeout=0.05, retries=0)
+    state = ExporterState([acct])
+    poller = Poller(
+        [acct], source, state, logs.log, rng=random.Random(3), startup_window=0.01,
+        retry_after_cap=0.3,
+    )  # fmt: skip
+    await run_for(poller, 1.3)
+    calls = source.calls["a"]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert 0.29 <= gaps[0] <= 0.5, gaps  # deferred by the cap, not by a day
+    assert 0.29 <= gaps[2] <= 0.5, gaps
+    assert len(calls) >= 6
+    deferred = logs.events("poll_deferred")
+    assert [(e["account"], e["retry_after_s"], e["applied_s"], e["capped"]) for e in deferred] == [
+        ("a", 86400.0, 0.3, True)
+    ] * 2
+    assert {e["level"] for e in deferred} == {"warning"}
+
+
+async def test_a_retry_after_within_the_cap_is_applied_in_full_and_logged(logs) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.4)] + ["ok"] * 9
+    acct = account("a", interval=0.1, timeout=0.05)
+    poller = Poller(
+        [acct], source, ExporterState([acct]), logs.log, rng=random.Random(3),
+        startup_window=0.01, retry_after_cap=5,
+    )  # fmt: skip
+    await run_for(poller, 0.7)
+    calls = source.calls["a"]
+    assert calls[1] - calls[0] >= 0.4
+    (line,) = logs.events("poll_deferred")
+    assert (line["retry_after_s"], line["applied_s"], line["capped"]) == (0.4, 0.4, False)
+
+
+async def test_a_retry_after_within_the_interval_is_not_logged(logs) -> None:
+    source = FakeSource()
+    source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.05), "ok"]
+    poller, _ = make_poller([account("a", interval=0.1)], source, logs)
+    await run_for(poller, 0.4)
+    assert len(source.calls["a"]) >= 2
+    assert logs.events("poll_deferred") == []
+
+
+async def test_notices_of_the_source_are_logged_as_warnings(logs) -> None:
+    source = FakeSource()
+    source.notices["a"].append(("server_date_ignored", {"date": "Thu, 01 Jan 1970"}))
+    poller, _ = make_poller([account("a")], source, logs)
+    snapshot = await poller.poll_once(account("a"))
+    (line,) = logs.events("server_date_ignored")
+    assert (line["account"], line["date"], line["level"]) == ("a", "Thu, 01 Jan 1970", "warning")
+    assert line["trace_id"] == snapshot.trace_id
+    await poller.poll_once(account("a"))
+    assert len(logs.events("server_date_ignored")) == 1
+
+
+async def test_update_tells_the_source_to_forget_removed_and_changed_accounts(logs) -> None:
+    source = FakeSource()
+    keep, drop, change = account("keep"), account("drop"), account("change")
+    poller, _ = make_poller([keep, drop, change], source, logs)
+    poller.start()
+    try:
+        await poller.update([keep, account("change", interval=0.2), account("new")])
+    finally:
+        await poller.stop()
+    ((gone, kept),) = source.forgotten
+    assert sorted(gone) == ["change", "drop"]
+    assert kept == ["keep"]  # only what stays as it was keeps its cached files

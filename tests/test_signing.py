@@ -143,3 +143,32 @@ def test_trace_ids_are_58_alphanumerics_and_fresh() -> None:
 def test_credentials_never_show_secrets_in_repr() -> None:
     assert "hunter2" not in repr(AppCredentials(app_id="a", app_secret="hunter2"))
     assert "hunter2" not in repr(TokenCredentials(token="hunter2"))
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [
+        (253402300799.0 + 86340, "99991231T235959Z"),  # 9999 plus a -2359 offset
+        (1e300, "99991231T235959Z"),
+        (float("inf"), "99991231T235959Z"),
+        (-1.79e9, "19700101T000000Z"),  # what a Date of 1970 did to the estimate
+        (float("-inf"), "19700101T000000Z"),
+        (float("nan"), "19700101T000000Z"),
+    ],
+)
+def test_x_date_is_total_and_clamped(epoch: float, expected: str) -> None:
+    assert signing.format_x_date(epoch) == expected
+
+
+@pytest.mark.parametrize("now", [float("nan"), float("inf"), -1e18, 1e18, 253402387139.0])
+def test_request_headers_never_raise(now: float) -> None:
+    headers = signing.request_headers(
+        AppCredentials(app_id="a", app_secret="k"),
+        host=HOST,
+        user_id=USER,
+        now=now,
+        trace_id="x" * 58,
+        path=PATH,
+    )
+    assert re.fullmatch(r"(1970|9999)\d{4}T\d{6}Z", headers["X-Date"])
+    assert headers["Authorization"].startswith("HMAC-SHA256 AppId=a,")

@@ -15,7 +15,15 @@ from conftest import APP_ID, APP_SECRET, TOKEN, two_account_config
 from exporter.config import load_config
 from exporter.model import Usage
 from exporter.signing import AppCredentials, TokenCredentials, request_headers
-from exporter.simulator import DAY, Growth, Simulator, start_simulator
+from exporter.simulator import (
+    DAY,
+    DUPLICATE_KEYS_BODY,
+    Fault,
+    FaultKind,
+    Growth,
+    Simulator,
+    start_simulator,
+)
 
 PATH = "/koodrive/ose/v1/space/usage/overview"
 
@@ -183,3 +191,105 @@ def test_usage_never_shrinks_so_forecasts_stay_positive() -> None:
     samples = [growth.at(t * 600.0).used_kb for t in range(24 * 6 * 3)]  # 3 days, 10 min apart
     assert all(b >= a for a, b in itertools.pairwise(samples))
     assert samples[-1] > samples[0]
+
+
+async def raw_get(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as session, session.get(url + PATH, headers=headers) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+SENDABLE = [
+    "Fri, 31 Dec 9999 23:59:59 GMT",
+    "Thu, 01 Jan 1970 00:00:00 -2359",
+    "not a date at all",
+    "",
+    "x" * 5000,
+]
+
+
+@pytest.mark.parametrize("date", SENDABLE, ids=lambda v: v[:20] or "empty")
+async def test_any_date_header_can_be_sent(sim, date: str) -> None:
+    simulator, url, clock = sim
+    simulator.set_fault("acme", Fault(FaultKind.DATE, date=date))
+    status, headers, body = await raw_get(url, headers_for(url, now=clock.now))
+    assert (status, headers["Date"]) == (200, date)
+    assert simulator.outcomes["accepted"] == 1  # otherwise a normal answer
+    assert b'"code": 0' in body
+
+
+async def test_date_override_goes_with_any_kind_and_rejections(sim) -> None:
+    simulator, url, clock = sim
+    simulator.set_fault("acme", Fault(FaultKind.RATE_LIMIT, retry_after="-5", date="junk"))
+    status, headers, _ = await raw_get(url, headers_for(url, now=clock.now))
+    assert (status, headers["Date"], headers["Retry-After"]) == (429, "junk", "-5")
+    status, headers, _ = await raw_get(url, headers_for(url, now=clock.now + 60))
+    assert (status, headers["Date"]) == (401, "junk")
+
+
+@pytest.mark.parametrize("retry_after", ["99999999999999999999", "-1", "soon", "9" * 4000])
+async def test_any_retry_after_can_be_sent(sim, retry_after: str) -> None:
+    simulator, url, clock = sim
+    simulator.set_fault("acme", Fault(FaultKind.RATE_LIMIT, retry_after=retry_after))
+    status, headers, _ = await raw_get(url, headers_for(url, now=clock.now))
+    assert (status, headers["Retry-After"]) == (429, retry_after)
+
+
+async def test_duplicate_keys_are_sent_raw(sim) -> None:
+    simulator, url, clock = sim
+    simulator.set_fault("acme", Fault(FaultKind.DUPLICATE_KEYS))
+    status, _, body = await raw_get(url, headers_for(url, now=clock.now))
+    assert (status, body) == (200, DUPLICATE_KEYS_BODY)
+    assert body.count(b'"code"') == 2
+
+
+async def test_admin_api_takes_date_and_any_retry_after(sim) -> None:
+    _, url, clock = sim
+    fault = {"kind": "rate_limit", "retry_after": "9" * 30, "date": "Thu, 01 Jan 1970 00:00:00 GMT"}
+    async with aiohttp.ClientSession() as session:
+        async with session.put(f"{url}/-/sim/accounts/acme/fault", json=fault) as response:
+            assert response.status == 200
+            assert (await response.json())["fault"]["date"] == fault["date"]
+        async with session.put(
+            f"{url}/-/sim/accounts/beta/fault", json={"kind": "duplicate_keys"}
+        ) as response:
+            assert response.status == 200
+    status, headers, _ = await raw_get(url, headers_for(url, now=clock.now))
+    assert (status, headers["Retry-After"], headers["Date"]) == (429, "9" * 30, fault["date"])
+    status, _, body = await raw_get(url, headers_for(url, now=clock.now, app=False))
+    assert (status, body) == (200, DUPLICATE_KEYS_BODY)
+
+
+def test_fault_from_json_accepts_any_sendable_string() -> None:
+    fault = Fault.from_json({"kind": "date", "date": "Fri, 31 Dec 9999 23:59:59 -2359"})
+    assert (fault.kind, fault.date) == (FaultKind.DATE, "Fri, 31 Dec 9999 23:59:59 -2359")
+    assert Fault.from_json({"kind": "rate_limit", "retry_after": 120}).retry_after == "120"
+    assert Fault.from_json({"kind": "rate_limit", "retry_after": "-1e9"}).retry_after == "-1e9"
+    assert Fault.from_json({"kind": "hang"}) == Fault(FaultKind.HANG)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"kind": "date", "date": "a\r\nX-Injected: 1"},
+        {"kind": "date", "date": "\x00"},
+        {"kind": "date", "date": 5.5},
+        {"kind": "date", "date": "x" * 70_000},
+        {"kind": "rate_limit", "retry_after": None},
+        {"kind": "rate_limit", "retry_after": True},
+        {"kind": "rate_limit", "retry_after": ["1"]},
+        {"kind": "latency", "seconds": "1"},
+        {"kind": "latency", "seconds": float("nan")},
+        {"kind": "latency", "seconds": 10**400},
+        {"kind": "http_5xx", "status": 99999},
+        {"kind": "http_5xx", "status": 502.5},
+        {"kind": "api_error", "code": True},
+        {"kind": "nope"},
+        {"kind": "date", "when": "x"},
+        {"date": "x"},
+        ["kind", "date"],
+    ],
+    ids=repr,
+)
+def test_fault_from_json_stays_strict(document: object) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - every message names its own key
+        Fault.from_json(document)
