@@ -222,7 +222,7 @@ class HttpGuard:
         self._context: ssl.SSLContext | None = None
         if self.config.tls is not None:
             self._context = build_ssl_context(self.config.tls)
-        self._listening: ssl.SSLContext | None = None
+        self._listening = self._make_listening()
         # Oldest first; a connection moves to the end whenever it finishes a request, so
         # the front holds those that have been unproductive the longest.
         self.connections: OrderedDict[GuardProtocol, None] = OrderedDict()
@@ -238,19 +238,20 @@ class HttpGuard:
 
     def listening_context(self) -> ssl.SSLContext | None:
         """The context handshakes start with; it delegates each one to the newest context."""
-        if self._context is None:
-            return None
-        if self._listening is None:
-            assert self.config.tls is not None
-            base = build_ssl_context(self.config.tls)
-
-            def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
-                assert self._context is not None
-                sslobj.context = self._context
-
-            base.sni_callback = pick
-            self._listening = base
         return self._listening
+
+    def _make_listening(self) -> ssl.SSLContext | None:
+        """Built once at start, so no handshake ever reads a file on the event loop."""
+        if self.config.tls is None:
+            return None
+        base = build_ssl_context(self.config.tls)
+
+        def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            assert self._context is not None
+            sslobj.context = self._context
+
+        base.sni_callback = pick
+        return base
 
     def _watched_identity(self) -> tuple[object, ...]:
         if self._file is None:
