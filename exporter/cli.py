@@ -41,6 +41,7 @@ def run(argv: Sequence[str] | None = None, signals: Signals | None = None) -> in
         return _simulate(args_list[1:], signals)
     args = _parser().parse_args(args_list)
     if args.config_check:
+        signals.serving = False
         return _check(args.config_file, args.web_config_file)
     try:
         check_telemetry_path(args.telemetry_path)

@@ -4,10 +4,12 @@ Every connection passes through `GuardProtocol`, which owns the TCP transport fr
 moment it is accepted, so nothing a client sends (or fails to send) escapes a bound:
 
 - At most `max_connections` are open. At the cap, a new connection replaces the oldest one
-  that is idle or still owes its request head (TLS handshake included); only when every
-  connection is serving a request is the newcomer closed at once. A flood of connections
-  that never finish then evicts itself, and a probe or scrape that completes its request
-  within milliseconds is still served.
+  that is idle or still owes its request head (TLS handshake included), taken from a client
+  address that holds more connections than the newcomer's; otherwise the newcomer is closed
+  at once. A flood from one address thus refuses itself once it fills the cap, while a
+  probe or scrape from any other address still gets in.
+- With TLS, each connection's TLS layer reads through a 16 KiB buffer instead of asyncio's
+  256 KiB one, so a thousand half-open handshakes cost megabytes, not a quarter gigabyte.
 - One deadline covers the TLS handshake and the first request head (from accept), and
   every later head on the connection (from its first byte); a head is also capped in size.
   Heads are found by scanning the bytes for the blank line, so stray blank lines, pipelined
@@ -19,9 +21,9 @@ moment it is accepted, so nothing a client sends (or fails to send) escapes a bo
   first 72 bytes of a password), verified credentials cached under an HMAC keyed per
   process, at most one bcrypt check in flight per client address, and every check padded
   to the cost of the slowest configured hash, unknown users included.
-- TLS: the listening context hands each handshake the newest context through its SNI
-  callback, so rotated certificates apply to new connections without a restart; a live
-  change that would turn TLS or basic auth off is refused until a restart.
+- TLS: every handshake uses the newest context, so rotated certificates and changed TLS
+  settings apply to new connections without a restart; a live change that would turn TLS
+  or basic auth off is refused until a restart.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ import binascii
 import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import ssl
 import time
+from asyncio import sslproto
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -44,7 +48,13 @@ import structlog
 from aiohttp import web
 
 from .config import ConfigError, Secret
-from .webconfig import WebConfig, build_ssl_context, files_identity, load_web_config
+from .webconfig import (
+    TLS_VERSIONS,
+    WebConfig,
+    build_ssl_context,
+    files_identity,
+    load_web_config,
+)
 
 READ_HEADER_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 75.0
@@ -57,7 +67,17 @@ MAX_HEAD_BYTES = 32 * 1024
 # Bodies go out in pieces of this size: a client that does not read pins at most about
 # this plus the transport's high-water mark, never a copy of the whole body.
 BODY_PIECE = 64 * 1024
+# Beyond each piece's stall deadline, a whole body must go out at this average rate (after
+# the first write_timeout), so a client that reads a trickle cannot hold a scrape slot for
+# long: 5.7 MB (10,000 accounts, uncompressed) may take 10 s + 89 s at most.
+MIN_SEND_RATE = 64 * 1024
 LISTEN_BACKLOG = 1024
+# How far back the eviction looks for a victim before it gives up and refuses the newcomer:
+# bounds the work a flood can cause per connection.
+EVICTION_SCAN = 512
+# The TLS layer's read buffer. asyncio's own is 256 KiB, allocated (and zeroed, so resident)
+# for every connection from its first byte; a TLS record is at most 16 KiB anyway.
+TLS_READ_BUFFER = 16 * 1024
 WATCH_INTERVAL = 2.0
 # bcrypt reads at most this many bytes of a password; Go's x/crypto/bcrypt (and so
 # exporter-toolkit) ignores the rest, while Python's bcrypt 5 raises instead.
@@ -222,13 +242,11 @@ class HttpGuard:
         self._context: ssl.SSLContext | None = None
         if self.config.tls is not None:
             self._context = build_ssl_context(self.config.tls)
-        self._listening = self._make_listening()
         # Oldest first; a connection moves to the end whenever it finishes a request, so
         # the front holds those that have been unproductive the longest.
         self.connections: OrderedDict[GuardProtocol, None] = OrderedDict()
         self._by_transport: dict[object, GuardProtocol] = {}
-        # Running handshakes, referenced so the event loop does not drop them.
-        self.handshakes: set[asyncio.Future[None]] = set()
+        self._per_address: dict[str, int] = {}
         self.refused = 0
         self.evicted = 0
 
@@ -236,22 +254,13 @@ class HttpGuard:
     def tls(self) -> bool:
         return self._context is not None
 
-    def listening_context(self) -> ssl.SSLContext | None:
-        """The context handshakes start with; it delegates each one to the newest context."""
-        return self._listening
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The newest server context: every new connection's handshake uses it whole.
 
-    def _make_listening(self) -> ssl.SSLContext | None:
-        """Built once at start, so no handshake ever reads a file on the event loop."""
-        if self.config.tls is None:
-            return None
-        base = build_ssl_context(self.config.tls)
-
-        def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
-            assert self._context is not None
-            sslobj.context = self._context
-
-        base.sni_callback = pick
-        return base
+        (An SNI callback that swaps contexts mid-handshake would carry over only the
+        certificate and CA store, not client_auth_type or the TLS versions.)
+        """
+        return self._context
 
     def _watched_identity(self) -> tuple[object, ...]:
         if self._file is None:
@@ -314,27 +323,54 @@ class HttpGuard:
         deadline = now - self.read_header_timeout
         for connection in list(self.connections):
             since = connection.owed_since
-            if since is not None and since < deadline:
+            # A busy connection is answering a request (a reload may take long); what it
+            # owes is checked again once it is done.
+            if since is not None and since < deadline and not connection.busy:
                 connection.abort()
 
     def admit(self, connection: GuardProtocol) -> bool:
-        """Register a new connection, evicting an unproductive one at the cap."""
+        """Register a new connection; at the cap, evict an unproductive one or refuse."""
         if len(self.connections) >= self.max_connections:
-            victim = next((c for c in self.connections if not c.busy), None)
+            victim = self._victim(connection.address)
             if victim is None:
                 self.refused += 1
                 return False
             self.evicted += 1
             victim.abort()
         self.connections[connection] = None
+        self._per_address[connection.address] = self._per_address.get(connection.address, 0) + 1
         return True
+
+    def _victim(self, address: str) -> GuardProtocol | None:
+        """The oldest idle or unfinished connection of an address holding more than `address`.
+
+        An address holding half or more of all connections cannot find one, so a flood from
+        one address is refused at once instead of scanning; others scan a bounded prefix.
+        """
+        held = self._per_address.get(address, 0)
+        if 2 * held >= len(self.connections):
+            return None
+        for index, candidate in enumerate(self.connections):
+            if index >= EVICTION_SCAN:
+                break
+            if not candidate.busy and self._per_address.get(candidate.address, 0) > held:
+                return candidate
+        return None
 
     def attached(self, connection: GuardProtocol, transport: object) -> None:
         self._by_transport[transport] = connection
 
     def forget(self, connection: GuardProtocol) -> None:
-        self.connections.pop(connection, None)
+        """Unregister a connection; safe to call more than once."""
         self._by_transport.pop(connection.app_transport, None)
+        if connection not in self.connections:
+            return
+        del self.connections[connection]
+        left = self._per_address[connection.address] - 1
+        if left:
+            self._per_address[connection.address] = left
+        else:
+            del self._per_address[connection.address]
 
     def close_pending(self) -> None:
         """Abort what aiohttp's graceful shutdown does not know: connections in handshake."""
@@ -404,9 +440,10 @@ class HttpGuard:
         view = memoryview(body)
         try:
             await response.prepare(request)
-            for start in range(0, len(view) if request.method != "HEAD" else 0, BODY_PIECE):
-                async with asyncio.timeout(self.write_timeout):
-                    await response.write(view[start : start + BODY_PIECE])
+            async with asyncio.timeout(self.write_timeout + len(body) / MIN_SEND_RATE):
+                for start in range(0, len(view) if request.method != "HEAD" else 0, BODY_PIECE):
+                    async with asyncio.timeout(self.write_timeout):
+                        await response.write(view[start : start + BODY_PIECE])
             await response.write_eof()
         except TimeoutError:
             transport = request.transport
@@ -430,25 +467,45 @@ def _weakening(old: WebConfig, new: WebConfig) -> str:
         return "turning TLS on or off needs a restart"
     if old.users and not new.users:
         return "removing basic auth needs a restart; the previous users stay in force"
+    if old.tls is not None and new.tls is not None:
+        verified = "RequireAndVerifyClientCert"
+        if old.tls.client_auth_type == verified and new.tls.client_auth_type != verified:
+            return "dropping client certificate verification needs a restart"
+        if TLS_VERSIONS[new.tls.min_version] < TLS_VERSIONS[old.tls.min_version]:
+            return "lowering min_version needs a restart"
     return ""
+
+
+def client_group(address: str) -> str:
+    """The unit the per-client limits count: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 host usually owns a whole /64, so counting single IPv6 addresses would let it
+    appear as millions of clients.
+    """
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network(f"{address.split('%')[0]}/64", strict=False))
+    except ValueError:
+        return address
 
 
 def _peer(request: web.Request) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    return str(peer[0]) if peer else ""
+    return client_group(str(peer[0])) if peer else ""
 
 
 class GuardProtocol(asyncio.Protocol):
     """Owns one accepted TCP connection: the cap, the TLS handshake and the head deadline.
 
-    It is created for the raw socket; with TLS it runs the handshake itself (start_tls), so
-    the handshake counts against the same deadline as the head, and then stays as the
-    protocol under TLS. aiohttp's own protocol is created only once the connection is
-    admitted and, with TLS, once the handshake succeeded.
+    It is created for the raw socket; with TLS it puts a TLS layer between the socket and
+    itself, so the handshake counts against the same deadline as the head, and it is then
+    the protocol above TLS (connection_made is called a second time, with the TLS
+    transport). aiohttp's own protocol is created only once the connection is admitted and,
+    with TLS, once the handshake succeeded.
     """
 
     __slots__ = (
-        "_early",
         "_guard",
         "_head_bytes",
         "_in_head",
@@ -456,6 +513,7 @@ class GuardProtocol(asyncio.Protocol):
         "_make_inner",
         "_raw",
         "_tail",
+        "address",
         "app_transport",
         "busy",
         "owed_since",
@@ -467,7 +525,7 @@ class GuardProtocol(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
         self._raw: asyncio.Transport | None = None
         self.app_transport: asyncio.BaseTransport | None = None
-        self._early: list[bytes] = []
+        self.address = ""
         self._tail = b""
         self._in_head = False
         self._head_bytes = 0
@@ -476,57 +534,54 @@ class GuardProtocol(asyncio.Protocol):
         self.busy = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._raw is not None:  # the TLS layer finished its handshake
+            self._attach(transport)
+            return
         assert isinstance(transport, asyncio.Transport)
         self._raw = transport
+        peer = transport.get_extra_info("peername")
+        self.address = client_group(str(peer[0])) if peer else ""
         self.owed_since = time.monotonic()
         if not self._guard.admit(self):
             transport.abort()
             return
-        context = self._guard.listening_context()
+        context = self._guard.tls_context()
         if context is None:
             self._attach(transport)
             return
-        transport.pause_reading()  # until start_tls takes over: not a byte is lost
-        task = asyncio.ensure_future(self._handshake(transport, context))
-        self._guard.handshakes.add(task)
-        task.add_done_callback(self._guard.handshakes.discard)
-
-    async def _handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            transport = await loop.start_tls(
-                raw,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=self._guard.read_header_timeout,
-                ssl_shutdown_timeout=self._guard.write_timeout,
-            )
-        except Exception:  # any failed handshake just ends the connection
-            raw.abort()  # start_tls closed it; abort also drops anything still buffered
-            self._guard.forget(self)
-            return
-        if transport is None or raw.is_closing():
-            self._guard.forget(self)
-            return
-        self._attach(transport)
+        waiter = loop.create_future()
+        waiter.add_done_callback(self._handshake_done)
+        # What loop.start_tls does, with a lean read buffer (see TLS_READ_BUFFER). The layer
+        # calls connection_made again on success; on failure it sets the waiter's exception.
+        layer = _LeanTLS(
+            loop,
+            self,
+            context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=self._guard.read_header_timeout,
+            ssl_shutdown_timeout=self._guard.write_timeout,
+        )
+        transport.set_protocol(layer)
+        layer.connection_made(transport)
+
+    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        failed = waiter.cancelled() or waiter.exception() is not None
+        if failed or self._inner is None:  # a lost connection ends the handshake "cleanly"
+            self.abort()
 
     def _attach(self, transport: asyncio.BaseTransport) -> None:
         self.app_transport = transport
         self._guard.attached(self, transport)
         self._inner = self._make_inner()
         self._inner.connection_made(transport)
-        early, self._early = self._early, []
-        for data in early:
-            self._inner.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         if not self._scan(data):
             self._refuse_head()
             return
-        if self._inner is None:  # TLS data that arrived with the end of the handshake
-            self._early.append(data)
-        else:
+        if self._inner is not None:
             self._inner.data_received(data)
 
     def _scan(self, data: bytes) -> bool:
@@ -599,6 +654,17 @@ class GuardProtocol(asyncio.Protocol):
         self.owed_since = None
         if self._raw is not None:
             self._raw.abort()
+
+
+class _LeanTLS(sslproto.SSLProtocol):  # type: ignore[misc]
+    """asyncio's TLS layer with a 16 KiB read buffer instead of 256 KiB.
+
+    asyncio offers no public way to size it; the class attribute is the one knob, and the
+    constructor is the one asyncio itself uses for TLS servers (Python 3.11 to 3.13). The
+    memory test in tests/test_hostile_web.py notices if a Python release changes either.
+    """
+
+    max_size = TLS_READ_BUFFER
 
 
 class GuardedSite(web.BaseSite):

@@ -22,13 +22,16 @@ from types import FrameType
 class Signals:
     """The process's SIGTERM, SIGINT and SIGHUP handlers; `attach` hands them to a loop."""
 
-    __slots__ = ("_loop", "_reload", "_stop", "stopping")
+    __slots__ = ("_loop", "_reload", "_stop", "serving", "stopping")
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._reload: Callable[[], None] | None = None
         self.stopping = False
+        # False for one-shot commands (--config.check): a check cut short must not report
+        # success, so a signal then exits 128 + its number, as the shell would show it.
+        self.serving = True
 
     def install(self) -> Signals:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -47,8 +50,10 @@ class Signals:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    def _on_stop(self, _signum: int, _frame: FrameType | None) -> None:
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         self.ignore_from_now()
+        if not self.serving:
+            raise SystemExit(128 + signum)
         if self._loop is None or self._stop is None or self._loop.is_closed():
             raise SystemExit(0)  # start-up: nothing to stop gracefully yet
         self._loop.call_soon_threadsafe(self._stop.set)
