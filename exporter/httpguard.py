@@ -83,6 +83,7 @@ WATCH_INTERVAL = 2.0
 # exporter-toolkit) ignores the rest, while Python's bcrypt 5 raises instead.
 BCRYPT_MAX_PASSWORD = 72
 BCRYPT_SLOTS = 2
+FLOOR_SMOOTHING = 0.2
 _REJECTED_CACHE = 1024
 _HEAD_END = b"\r\n\r\n"
 _TOO_LARGE = (
@@ -152,8 +153,9 @@ class BasicAuth:
         """One check, taking at least as long as one at the highest configured cost.
 
         Unknown users are checked against a dummy hash of that cost, and cheaper hashes
-        are padded with a sleep (which holds no slot), so the answer's timing tells
-        neither whether a user exists nor which cost its hash has.
+        are padded with a sleep (which holds no slot) to a smoothed duration of recent
+        costliest checks, so the answer's timing tells neither whether a user exists nor
+        which cost its hash has.
         """
         started = time.monotonic()
         async with self._slots:
@@ -162,7 +164,11 @@ class BasicAuth:
                 self._dummy, self._floor = await asyncio.to_thread(_dummy_hash, self._max_cost)
             hashed = self._users.get(user)
             target = hashed.reveal().encode() if hashed is not None else self._dummy
+            checking = time.monotonic()
             ok = await asyncio.to_thread(_checkpw, password, target)
+            if hashed is None or _cost(hashed.reveal()) == self._max_cost:
+                # The floor follows what a costliest check takes now, as load changes.
+                self._floor += FLOOR_SMOOTHING * (time.monotonic() - checking - self._floor)
         spent = time.monotonic() - started
         if spent < self._floor:
             await asyncio.sleep(self._floor - spent)
