@@ -19,7 +19,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .demo import demo_config, point_at
 from .httpguard import MAX_CONNECTIONS
-from .log import FORMATS, LEVELS, make_logger
+from .log import FORMATS, LEVELS, make_logger, route_stdlib_logging
 from .server import (
     Settings,
     check_telemetry_path,
@@ -64,6 +64,7 @@ def run(argv: Sequence[str] | None = None, signals: Signals | None = None) -> in
         _print_errors(exc, "web config error")
         return 1
     log = make_logger(args.log_level, args.log_format)
+    route_stdlib_logging(args.log_level, args.log_format)
     if args.demo:
         return asyncio.run(_run_demo(args, log, web_config, signals))
     try:
@@ -301,6 +302,7 @@ def _simulate(argv: list[str], signals: Signals) -> int:
         _print_errors(exc)
         return 1
     log = make_logger(args.log_level, args.log_format)
+    route_stdlib_logging(args.log_level, args.log_format)
     simulator = Simulator(config)
     return asyncio.run(_run_simulator(simulator, host or "127.0.0.1", port, log, signals))
 

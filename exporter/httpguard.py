@@ -673,34 +673,18 @@ class _LeanTLS(sslproto.SSLProtocol):  # type: ignore[misc]
     max_size = TLS_READ_BUFFER
 
 
-class GuardedSite(web.BaseSite):
-    """A TCP site whose connections go through GuardProtocol (which also does the TLS)."""
+async def listen(
+    server: Callable[[], asyncio.Protocol], guard: HttpGuard, host: str | None, port: int
+) -> asyncio.Server:
+    """Listen with every connection going through GuardProtocol (which also does the TLS).
 
-    def __init__(
-        self, runner: web.BaseRunner, host: str | None, port: int, guard: HttpGuard
-    ) -> None:
-        super().__init__(runner, backlog=LISTEN_BACKLOG)
-        self._host = host
-        self._port = port
-        self._guard = guard
-
-    @property
-    def name(self) -> str:
-        scheme = "https" if self._guard.tls else "http"
-        return f"{scheme}://{self._host or '0.0.0.0'}:{self._port}"  # noqa: S104
-
-    async def start(self) -> None:
-        await super().start()
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: GuardProtocol(server, self._guard),
-            self._host,
-            self._port,
-            backlog=LISTEN_BACKLOG,
-            reuse_address=True,
-        )
-
-    async def stop(self) -> None:
-        await super().stop()
-        self._guard.close_pending()
+    A plain asyncio server rather than an aiohttp site: aiohttp's public `web.Server` makes
+    the per-connection protocol, the guard wraps it, and no aiohttp internals are touched.
+    """
+    return await asyncio.get_running_loop().create_server(
+        lambda: GuardProtocol(server, guard),
+        host,
+        port,
+        backlog=LISTEN_BACKLOG,
+        reuse_address=True,
+    )

@@ -29,8 +29,8 @@ from .httpguard import (
     MAX_CONNECTIONS,
     READ_HEADER_TIMEOUT,
     WRITE_TIMEOUT,
-    GuardedSite,
     HttpGuard,
+    listen,
 )
 from .poller import OverviewSource, Poller
 from .sharding import owned
@@ -387,18 +387,22 @@ async def serve(
         keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
     await runner.setup()
+    guard = app[GUARD]
+    listener: asyncio.Server | None = None
     try:
-        guard = app[GUARD]
-        site = GuardedSite(runner, host, port, guard)
-        await site.start()
+        assert runner.server is not None
+        listener = await listen(runner.server, guard, host, port)
         scheme = "https" if guard.tls else "http"
-        urls = [_url(addr, scheme) for addr in runner.addresses]
+        urls = [_url(sock.getsockname(), scheme) for sock in listener.sockets]
         log.info("listening", urls=urls, telemetry_path=app[SETTINGS].telemetry_path)
         if on_ready is not None:
             on_ready(urls)
         await stop.wait()
         log.info("shutting_down")
     finally:
+        if listener is not None:
+            listener.close()  # no new connections; aiohttp then drains the open ones
+        guard.close_pending()
         await runner.cleanup()
 
 

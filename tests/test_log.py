@@ -61,3 +61,59 @@ def test_console_tracebacks_are_plain_without_locals() -> None:
         log.exception("failed")
     assert "RuntimeError: boom" in stream.getvalue()
     assert "do-not-print-me" not in stream.getvalue()
+
+
+def test_standard_logging_goes_through_the_same_processors() -> None:
+    """aiohttp and asyncio log through `logging`; their lines must be JSON too."""
+    import logging
+
+    from exporter.log import route_stdlib_logging
+
+    stream = io.StringIO()
+    handler = route_stdlib_logging("info", "json", stream)
+    try:
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("aiohttp.server").exception("Error handling request")
+        logging.getLogger("asyncio").info("secret %s", "value", extra={"token": "t0k3n"})
+        logging.getLogger("asyncio").debug("below the level")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2  # every line is JSON, the traceback inside its line
+    error, info = lines
+    assert error["event"] == "Error handling request"
+    assert error["level"] == "error"
+    assert error["logger"] == "aiohttp.server"
+    assert "RuntimeError: boom" in error["exception"]
+    assert info["event"] == "secret value"
+    assert info["token"] == REDACTED  # extras are kept, and redacted like our own fields
+    assert "t0k3n" not in stream.getvalue()
+
+
+def test_malformed_requests_are_not_logged_as_errors() -> None:
+    """Anyone can send garbage: it must not fill the log with error tracebacks."""
+    import logging
+
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from exporter.log import route_stdlib_logging
+
+    for level, expected in (("info", 0), ("debug", 1)):
+        stream = io.StringIO()
+        handler = route_stdlib_logging(level, "json", stream)
+        try:
+            try:
+                raise BadHttpMessage("Invalid character in Content-Length")
+            except BadHttpMessage:
+                logging.getLogger("aiohttp.server").exception("Error handling request")
+        finally:
+            logging.getLogger().removeHandler(handler)
+            logging.getLogger().setLevel(logging.WARNING)
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert len(lines) == expected
+        for line in lines:
+            assert line["level"] == "debug"
+            assert "exception" not in line
