@@ -11,16 +11,18 @@ import platform
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
 from . import __version__
-from .config import Config, ConfigError, load_config
-from .demo import demo_config, point_at
-from .httpguard import MAX_CONNECTIONS
+from .core.config import Config, ConfigError, load_config
+from .core.sharding import resolve_index
 from .log import FORMATS, LEVELS, make_logger, route_stdlib_logging
-from .server import (
+from .signals import Signals
+from .web.guard import MAX_CONNECTIONS
+from .web.server import (
     Settings,
     check_telemetry_path,
     create_app,
@@ -28,10 +30,10 @@ from .server import (
     request_reload,
     serve,
 )
-from .sharding import resolve_index
-from .signals import Signals
-from .simulator import Simulator, start_simulator
-from .webconfig import WebConfig, load_web_config
+from .web.webconfig import WebConfig, load_web_config
+
+if TYPE_CHECKING:
+    from .sim.simulator import Simulator
 
 
 def run(argv: Sequence[str] | None = None, signals: Signals | None = None) -> int:
@@ -259,6 +261,11 @@ async def _run_demo(
     web_config: WebConfig | None,
     signals: Signals,
 ) -> int:
+    # The simulator is imported only here and in `simulate`: the production command never
+    # loads it.
+    from .sim.demo import demo_config, point_at
+    from .sim.simulator import Simulator, start_simulator
+
     stop = asyncio.Event()
     signals.attach(stop)
     accounts = demo_config()
@@ -303,6 +310,8 @@ def _simulate(argv: list[str], signals: Signals) -> int:
         return 1
     log = make_logger(args.log_level, args.log_format)
     route_stdlib_logging(args.log_level, args.log_format)
+    from .sim.simulator import Simulator
+
     simulator = Simulator(config)
     return asyncio.run(_run_simulator(simulator, host or "127.0.0.1", port, log, signals))
 
@@ -314,6 +323,8 @@ async def _run_simulator(
     log: structlog.typing.FilteringBoundLogger,
     signals: Signals,
 ) -> int:
+    from .sim.simulator import start_simulator
+
     stop = asyncio.Event()
     signals.attach(stop)
     try:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import Config, load_config
+from exporter.core.config import Config, load_config
 from exporter.log import make_logger
-from exporter.simulator import Simulator, start_simulator
+from exporter.sim.simulator import Simulator, start_simulator
 
 APP_SECRET = "s3cr3t-app-ключ"
 TOKEN = "Bearer+tok-0123456789abcdef"

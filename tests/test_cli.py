@@ -18,7 +18,7 @@ import pytest
 from conftest import APP_SECRET, TOKEN, two_account_config
 
 from exporter import __version__
-from exporter.simulator import Growth
+from exporter.sim.simulator import Growth
 
 SCRIPT = Path(sys.executable).parent / "koodrive-exporter"
 

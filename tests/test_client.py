@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from exporter.client import BODY_LIMIT, KooDriveClient, parse_overview, target_of
-from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
-from exporter.credentials import CredentialStore
-from exporter.model import FetchError, Reason, Usage
+from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.core.model import FetchError, Reason, Usage
+from exporter.upstream.client import BODY_LIMIT, KooDriveClient, parse_overview, target_of
+from exporter.upstream.credentials import CredentialStore
 
 NOW = 1_725_852_805.75  # 2024-09-09T03:33:25.75Z
 OK_DATA = {"totalAllocation": 43, "totalCapacity": 1051187, "totalUsed": 33085606}

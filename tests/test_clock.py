@@ -7,14 +7,12 @@ import time
 
 import pytest
 
-from exporter.clock import (
+from exporter.upstream.clock import (
     PLAUSIBLE_SKEW,
-    RETRY_AFTER_CAP,
     RETRY_AFTER_LIMIT,
     SkewEstimator,
     parse_http_date,
     parse_retry_after,
-    retry_after_cap,
 )
 
 EPOCH = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example
@@ -110,13 +108,6 @@ def test_skew_jumps_at_once_then_smooths_truncation_noise() -> None:
         if step == 0:
             assert abs(estimator.offset - true_offset) <= 1.0  # one sample is enough
     assert estimator.offset == pytest.approx(true_offset, abs=0.3)
-
-
-def test_retry_after_cap_is_the_interval_or_ten_minutes() -> None:
-    assert RETRY_AFTER_CAP == 600.0
-    assert retry_after_cap(60.0) == 600.0
-    assert retry_after_cap(3600.0) == 3600.0
-    assert retry_after_cap(1.0, cap=0.5) == 1.0
 
 
 @pytest.mark.parametrize(

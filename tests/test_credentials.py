@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import AccountConfig, AppAuth, Secret, SecretRef, TokenAuth
-from exporter.credentials import CredentialStore
-from exporter.model import FetchError, Reason
-from exporter.signing import AppCredentials, TokenCredentials
+from exporter.core.config import AccountConfig, AppAuth, Secret, SecretRef, TokenAuth
+from exporter.core.model import FetchError, Reason
+from exporter.upstream.credentials import CredentialStore
+from exporter.upstream.signing import AppCredentials, TokenCredentials
 
 
 def token_account(path: Path) -> AccountConfig:

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
-from exporter.exposition import Exposition
-from exporter.model import Reason, Snapshot, UsageBytes
-from exporter.state import ExporterState
+from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.core.exposition import Exposition
+from exporter.core.model import Reason, Snapshot, UsageBytes
+from exporter.core.state import ExporterState
 
 ROOT = Path(__file__).parent.parent
 DASHBOARD = ROOT / "dashboards" / "koodrive.json"

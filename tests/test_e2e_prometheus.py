@@ -24,8 +24,8 @@ from aiohttp import web
 from dashboard_svg import render
 from test_dashboard import DASHBOARD, RULES, dashboard_exprs, panels
 
-from exporter.model import Usage
-from exporter.server import Settings, create_app
+from exporter.core.model import Usage
+from exporter.web.server import Settings, create_app
 
 JOB = "koodrive-exporter"
 ACME = Usage(allocation_kb=400_000_000, capacity_kb=1_000_000_000, used_kb=500_000_000)

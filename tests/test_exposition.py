@@ -8,10 +8,10 @@ import platform
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
-from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
-from exporter.exposition import Exposition
-from exporter.model import Reason, Snapshot, UsageBytes
-from exporter.state import ExporterState
+from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.core.exposition import Exposition
+from exporter.core.model import Reason, Snapshot, UsageBytes
+from exporter.core.state import ExporterState
 
 
 class Clock:
@@ -177,7 +177,7 @@ def test_gzip_is_cached_and_decodes_to_the_plain_body() -> None:
 
 
 def test_a_poll_re_renders_only_its_chunk(monkeypatch) -> None:
-    import exporter.exposition as module
+    import exporter.core.exposition as module
 
     names = [f"tenant-{i:04d}" for i in range(3 * module.CHUNK)]
     state = ExporterState(accounts(*names))

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from conftest import LogCapture
 
-from exporter.config import load_config
+from exporter.core.config import load_config
+from exporter.core.model import Reason
 from exporter.log import make_logger
-from exporter.model import Reason
-from exporter.server import Settings, create_app
-from exporter.simulator import Fault, FaultKind, Simulator, start_simulator
+from exporter.sim.simulator import Fault, FaultKind, Simulator, start_simulator
+from exporter.web.server import Settings, create_app
 
 INTERVAL = 1.0
 TIMEOUT = 0.4

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from exporter import config as cfg
-from exporter.config import Config, ConfigError, load_config, parse_config
-from exporter.webconfig import WebConfig, load_web_config
+from exporter.core import config as cfg
+from exporter.core.config import Config, ConfigError, load_config, parse_config
+from exporter.web.webconfig import WebConfig, load_web_config
 
 VALID = """\
 defaults:

@@ -26,13 +26,20 @@ import pytest
 import trustme
 from conftest import APP_ID, APP_SECRET, TOKEN, LogCapture
 
-from exporter.client import KooDriveClient
-from exporter.config import SECRET_FILE_LIMIT, AccountConfig, AppAuth, Config, SecretRef, TokenAuth
-from exporter.credentials import CredentialStore
-from exporter.model import Reason, Snapshot
-from exporter.poller import Poller
-from exporter.simulator import Fault, FaultKind, Simulator, start_simulator
-from exporter.state import ExporterState
+from exporter.core.config import (
+    SECRET_FILE_LIMIT,
+    AccountConfig,
+    AppAuth,
+    Config,
+    SecretRef,
+    TokenAuth,
+)
+from exporter.core.model import Reason, Snapshot
+from exporter.core.poller import Poller
+from exporter.core.state import ExporterState
+from exporter.sim.simulator import Fault, FaultKind, Simulator, start_simulator
+from exporter.upstream.client import KooDriveClient
+from exporter.upstream.credentials import CredentialStore
 
 INTERVAL = 0.2
 SANE_SKEW = 5.0  # loopback: the simulator shares our clock

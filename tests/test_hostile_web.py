@@ -28,8 +28,8 @@ from test_cli import SCRIPT, reap, start_pair, wait_metrics
 from test_poller import FakeSource, account
 from test_security import HASH, PASSWORD, TLS_AND_AUTH, Served, basic, fetch, start
 
-from exporter.config import Config
-from exporter.server import EXPOSITION, GUARD, Settings, create_app, serve
+from exporter.core.config import Config
+from exporter.web.server import EXPOSITION, GUARD, Settings, create_app, serve
 
 AUTH_ONLY = f"basic_auth_users:\n  alice: {HASH}\n"
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -477,7 +477,7 @@ async def test_a_live_change_cannot_drop_client_certificates(tmp_path: Path, wea
 
 
 def test_ipv6_clients_are_counted_per_64() -> None:
-    from exporter.httpguard import client_group
+    from exporter.web.guard import client_group
 
     assert client_group("2001:db8:1:2:aaaa::1") == client_group("2001:db8:1:2:bbbb::2")
     assert client_group("2001:db8:1:2::1") != client_group("2001:db8:1:3::1")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from conftest import APP_SECRET, TOKEN, two_account_config, wait_for
 
-from exporter.config import load_config
-from exporter.model import Usage
-from exporter.server import Settings, create_app
-from exporter.simulator import Fault, FaultKind, Simulator, start_simulator
+from exporter.core.config import load_config
+from exporter.core.model import Usage
+from exporter.sim.simulator import Fault, FaultKind, Simulator, start_simulator
+from exporter.web.server import Settings, create_app
 
 DOC_USAGE = Usage(allocation_kb=43, capacity_kb=1051187, used_kb=33085606)
 

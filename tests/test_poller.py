@@ -9,17 +9,19 @@ from collections import defaultdict
 
 import pytest
 
-from exporter.config import AccountConfig, Secret, SecretRef, TokenAuth
-from exporter.model import FetchError, Reason, Usage
-from exporter.poller import (
+from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.core.model import FetchError, Reason, Usage
+from exporter.core.poller import (
     JITTER,
+    RETRY_AFTER_CAP,
     Poller,
     backoff_delay,
     first_delay,
     next_delay,
+    retry_after_cap,
     startup_window,
 )
-from exporter.state import ExporterState
+from exporter.core.state import ExporterState
 
 
 def account(
@@ -476,3 +478,10 @@ async def test_update_tells_the_source_to_forget_removed_and_changed_accounts(lo
     ((gone, kept),) = source.forgotten
     assert sorted(gone) == ["change", "drop"]
     assert kept == ["keep"]  # only what stays as it was keeps its cached files
+
+
+def test_retry_after_cap_is_the_interval_or_ten_minutes() -> None:
+    assert RETRY_AFTER_CAP == 600.0
+    assert retry_after_cap(60.0) == 600.0
+    assert retry_after_cap(3600.0) == 3600.0
+    assert retry_after_cap(1.0, cap=0.5) == 1.0

@@ -9,9 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.client import parse_overview
-from exporter.config import AccountConfig, Config, ConfigError, parse_config
-from exporter.model import FetchError, Reason, Usage
+from exporter.core.config import AccountConfig, Config, ConfigError, parse_config
+from exporter.core.model import FetchError, Reason, Usage
+from exporter.upstream.client import parse_overview
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = st.recursive(

@@ -11,10 +11,10 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 from test_faults import matrix_config, parse
 
-from exporter.config import load_config
+from exporter.core.config import load_config
 from exporter.log import make_logger
-from exporter.server import STATE, Settings, create_app
-from exporter.simulator import Simulator, start_simulator
+from exporter.sim.simulator import Simulator, start_simulator
+from exporter.web.server import STATE, Settings, create_app
 
 ACCOUNTS = 2000
 SHARDS = 3

@@ -21,10 +21,10 @@ from conftest import LogCapture, two_account_config, wait_for
 from cryptography import x509
 from test_poller import FakeSource, account
 
-from exporter.config import Config, load_config
-from exporter.server import GUARD, Settings, create_app, serve
-from exporter.simulator import Simulator, start_simulator
-from exporter.webconfig import load_web_config
+from exporter.core.config import Config, load_config
+from exporter.sim.simulator import Simulator, start_simulator
+from exporter.web.server import GUARD, Settings, create_app, serve
+from exporter.web.webconfig import load_web_config
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()

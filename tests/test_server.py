@@ -9,9 +9,9 @@ import pytest
 from test_poller import FakeSource, account
 
 from exporter import __version__
-from exporter.config import Config
-from exporter.model import FetchError, Reason
-from exporter.server import (
+from exporter.core.config import Config
+from exporter.core.model import FetchError, Reason
+from exporter.web.server import (
     Settings,
     accepts_gzip,
     check_telemetry_path,

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from exporter import signing
-from exporter.signing import AppCredentials, TokenCredentials
+from exporter.upstream import signing
+from exporter.upstream.signing import AppCredentials, TokenCredentials
 
 PATH = "/koodrive/ose/v1/space/usage/overview"
 HOST = "intl.myhuaweicloud-koodrive.com"

@@ -12,10 +12,9 @@ import aiohttp
 import pytest
 from conftest import APP_ID, APP_SECRET, TOKEN, two_account_config
 
-from exporter.config import load_config
-from exporter.model import Usage
-from exporter.signing import AppCredentials, TokenCredentials, request_headers
-from exporter.simulator import (
+from exporter.core.config import load_config
+from exporter.core.model import Usage
+from exporter.sim.simulator import (
     DAY,
     DUPLICATE_KEYS_BODY,
     Fault,
@@ -24,6 +23,7 @@ from exporter.simulator import (
     Simulator,
     start_simulator,
 )
+from exporter.upstream.signing import AppCredentials, TokenCredentials, request_headers
 
 PATH = "/koodrive/ose/v1/space/usage/overview"
 

@@ -10,8 +10,8 @@ import bcrypt
 import pytest
 import trustme
 
-from exporter.config import ConfigError
-from exporter.webconfig import load_web_config
+from exporter.core.config import ConfigError
+from exporter.web.webconfig import load_web_config
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
 

@@ -47,7 +47,7 @@ import bcrypt
 import structlog
 from aiohttp import web
 
-from .config import ConfigError, Secret
+from ..core.config import ConfigError, Secret
 from .webconfig import (
     TLS_VERSIONS,
     WebConfig,

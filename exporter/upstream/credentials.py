@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from .config import (
+from ..core.config import (
     CA_FILE_LIMIT,
     SECRET_FILE_LIMIT,
     AccountConfig,
@@ -33,7 +33,7 @@ from .config import (
     pem_certificates,
     read_regular_file,
 )
-from .model import FetchError, Reason
+from ..core.model import FetchError, Reason
 from .signing import AppCredentials, Credentials, TokenCredentials
 
 # How stale a file's stat may be before the async path looks again: a rotation is picked

@@ -18,11 +18,11 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from . import __version__
+from .. import __version__
+from ..core.config import AccountConfig
+from ..core.model import FetchError, Reason, Usage, truncate
 from .clock import PLAUSIBLE_SKEW, SkewEstimator, parse_http_date, parse_retry_after
-from .config import AccountConfig
 from .credentials import CredentialStore
-from .model import FetchError, Reason, Usage, truncate
 from .signing import new_trace_id, request_headers
 
 OVERVIEW_PATH = "/koodrive/ose/v1/space/usage/overview"

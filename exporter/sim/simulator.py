@@ -32,9 +32,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .config import AccountConfig, AppAuth, Config
-from .credentials import CredentialStore
-from .model import FetchError, Usage
+from ..core.config import AccountConfig, AppAuth, Config
+from ..core.model import FetchError, Usage
+from ..upstream.credentials import CredentialStore
 
 OVERVIEW_PATH = "/koodrive/ose/v1/space/usage/overview"
 X_DATE_WINDOW = 15 * 60

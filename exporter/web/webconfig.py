@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import (
+from ..core.config import (
     ConfigError,
     Secret,
     file_identity,

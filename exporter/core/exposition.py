@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from . import __version__
+from .. import __version__
 from .state import AccountState, ExporterState
 
 CHUNK = 256

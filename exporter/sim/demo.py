@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 
-from .config import AccountConfig, AppAuth, Config, Secret, SecretRef, TokenAuth
+from ..core.config import AccountConfig, AppAuth, Config, Secret, SecretRef, TokenAuth
 
 DEMO_INTERVAL = 5.0
 DEMO_TIMEOUT = 2.0

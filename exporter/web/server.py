@@ -19,12 +19,15 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
-from . import __version__
-from .client import USER_AGENT, KooDriveClient
-from .config import Config, ConfigError, load_config
-from .credentials import CredentialStore
-from .exposition import Exposition
-from .httpguard import (
+from .. import __version__
+from ..core.config import Config, ConfigError, load_config
+from ..core.exposition import Exposition
+from ..core.poller import OverviewSource, Poller
+from ..core.sharding import owned
+from ..core.state import AccountState, ExporterState
+from ..upstream.client import USER_AGENT, KooDriveClient
+from ..upstream.credentials import CredentialStore
+from .guard import (
     KEEPALIVE_TIMEOUT,
     MAX_CONNECTIONS,
     READ_HEADER_TIMEOUT,
@@ -32,9 +35,6 @@ from .httpguard import (
     HttpGuard,
     listen,
 )
-from .poller import OverviewSource, Poller
-from .sharding import owned
-from .state import AccountState, ExporterState
 from .webconfig import WebConfig
 
 RESERVED_PATHS = frozenset({"/", "/-/healthy", "/-/ready", "/-/reload"})

@@ -7,7 +7,7 @@ this module turns those into a smoothed offset. Pure: callers pass the local tim
 Every value here comes from an upstream we do not control, so each one is bounded: a Date
 more than PLAUSIBLE_SKEW from the local clock is ignored (one broken header must not move
 the X-Date of every later request), and a Retry-After cannot defer a poll by more than
-`retry_after_cap(interval)`.
+the poller's `retry_after_cap(interval)`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ PLAUSIBLE_SKEW = 86400.0
 # A Retry-After beyond this is treated as a misconfiguration upstream, not a wish to be
 # left alone for a year; parsing saturates here.
 RETRY_AFTER_LIMIT = 86400.0
-# A poll is never deferred by a Retry-After for longer than the account's interval or this,
-# whichever is longer: ten minutes is a generous back-off for a rate limiter, and an account
-# that stays dark for a day because of one bad header is an outage of the exporter.
-RETRY_AFTER_CAP = 600.0
 # delta-seconds longer than this (after leading zeros) exceed RETRY_AFTER_LIMIT anyway;
 # bounding the length keeps int() from chewing on a megabyte of digits.
 RETRY_AFTER_DIGITS = 10
@@ -81,7 +77,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds requested by `Retry-After` (delta-seconds or an HTTP date), or None.
 
     Saturates at RETRY_AFTER_LIMIT; never raises, whatever the header holds. Callers still
-    cap what they apply with `retry_after_cap`.
+    cap what they apply (the poller's `retry_after_cap`).
     """
     if value is None:
         return None
@@ -95,11 +91,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if when is None:
         return None
     return min(max(0.0, when - now), RETRY_AFTER_LIMIT)
-
-
-def retry_after_cap(interval: float, cap: float = RETRY_AFTER_CAP) -> float:
-    """Longest a Retry-After may defer an account's next poll: its interval, or `cap`."""
-    return max(interval, cap)
 
 
 def plausible(server_date: float, local: float) -> bool:

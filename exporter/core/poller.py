@@ -17,7 +17,6 @@ from typing import Protocol
 
 import structlog
 
-from .clock import RETRY_AFTER_CAP, retry_after_cap
 from .config import AccountConfig
 from .model import FetchError, Reason, Snapshot, Usage
 from .state import ExporterState
@@ -36,6 +35,10 @@ TIMEOUT_GRACE = 1.0
 # thousands of accounts this cuts the CPU per poll by a third, and the tick stays well
 # inside the interval's own ±10 % jitter.
 TICK = 0.1
+# A poll is never deferred by a Retry-After for longer than the account's interval or this,
+# whichever is longer: ten minutes is a generous back-off for a rate limiter, and an account
+# that stays dark for a day because of one bad header is an outage of the exporter.
+RETRY_AFTER_CAP = 600.0
 
 
 class OverviewSource(Protocol):
@@ -57,6 +60,11 @@ class OverviewSource(Protocol):
         except what the `keep` accounts (configured before and unchanged) use too: a secret
         must not outlive its account in memory, and a changed account starts afresh."""
         ...
+
+
+def retry_after_cap(interval: float, cap: float = RETRY_AFTER_CAP) -> float:
+    """Longest a Retry-After may defer an account's next poll: its interval, or `cap`."""
+    return max(interval, cap)
 
 
 def startup_window(accounts: int) -> float:

@@ -1,0 +1,4 @@
+"""The core: configuration, plain data, the poller, state and the exposition.
+
+Imports no other layer of the package.
+"""

@@ -1,0 +1,4 @@
+"""Talking to KooDrive: signing, clocks, credentials and the HTTP client.
+
+Imports only the core.
+"""

@@ -1,0 +1,99 @@
+"""The package's layers and the one direction of imports between them.
+
+core <- upstream <- web <- cli, and sim (the simulator, on core and upstream) used only by the
+cli: a module imports its own layer and those below it; nothing imports the command line;
+and the running exporter never loads the simulator.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
+# The layers each layer may import besides itself. Top-level modules are layers of their
+# own name; "__init__" (the package itself, for __version__) is open to all.
+ALLOWED = {
+    "core": set(),
+    "upstream": {"core"},
+    "web": {"core", "upstream"},
+    "sim": {"core", "upstream"},
+    "log": set(),
+    "signals": set(),
+    "healthcheck": set(),
+    "cli": {"core", "upstream", "web", "sim", "log", "signals"},
+    "__main__": {"signals", "cli"},
+    "__init__": set(),
+}
+
+
+def module_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports_of(source: str, module: str, is_package: bool = False) -> set[str]:
+    """Every `exporter...` module the source imports, at any depth (lazy imports too)."""
+    package = module if is_package else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                found.add(node.module or "")
+                continue
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            found.add(".".join([*base, node.module] if node.module else base))
+    return {name for name in found if name == "exporter" or name.startswith("exporter.")}
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_layers(path: Path) -> None:
+    module = module_of(path)
+    own = path.stem if path.parent == PACKAGE else layer_of(module)
+    allowed = ALLOWED[own] | {own, "__init__"}
+    source = path.read_text(encoding="utf-8")
+    wrong = sorted(
+        name
+        for name in imports_of(source, module, path.name == "__init__.py")
+        if layer_of(name) not in allowed
+    )
+    assert not wrong, f"{path.relative_to(PACKAGE)} ({own}) imports {wrong}"
+
+
+def test_every_module_is_in_a_known_layer() -> None:
+    layers = {p.stem if p.parent == PACKAGE else layer_of(module_of(p)) for p in SOURCES}
+    assert layers <= set(ALLOWED), layers - set(ALLOWED)
+
+
+def test_the_checker_catches_a_violation() -> None:
+    found = imports_of("from ..web.server import create_app\n", "exporter.core.config")
+    assert found == {"exporter.web.server"}
+    assert layer_of("exporter.web.server") not in ALLOWED["core"]
+    lazy = "def f():\n    from ..sim import simulator\n"
+    assert imports_of(lazy, "exporter.web.server") == {"exporter.sim"}
+
+
+def test_the_exporter_does_not_load_the_simulator() -> None:
+    code = (
+        "import sys, exporter.cli, exporter.__main__\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('exporter.sim'))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
