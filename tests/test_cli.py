@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -15,22 +14,26 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import APP_SECRET, TOKEN, two_account_config
+from support import (
+    APP_SECRET,
+    TOKEN,
+    metrics_text,
+    read_until,
+    reap,
+    run_cli,
+    spawn,
+    start_pair,
+    stop_process,
+    two_account_config,
+    wait_metrics,
+)
 
 from exporter import __version__
 from exporter.sim.simulator import Growth
 
-SCRIPT = Path(sys.executable).parent / "koodrive-exporter"
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SCRIPT), *args], capture_output=True, text=True, timeout=30, cwd=cwd, check=False
-    )
-
 
 def test_console_script_and_module_agree_on_version() -> None:
-    script = run("--version")
+    script = run_cli("--version")
     module = subprocess.run(
         [sys.executable, "-m", "exporter", "--version"], capture_output=True, text=True, check=False
     )
@@ -40,7 +43,7 @@ def test_console_script_and_module_agree_on_version() -> None:
 
 
 def test_config_check_ok(tmp_path: Path) -> None:
-    result = run(
+    result = run_cli(
         "--config.check", "--config.file", str(two_account_config("https://x.y", tmp_path))
     )
     assert (result.returncode, result.stdout) == (0, "config OK: 2 accounts\n")
@@ -51,7 +54,7 @@ def test_config_check_names_negative_interval_and_missing_secret(tmp_path: Path)
     text = path.read_text().replace("interval: 60s", "interval: -5s")
     path.write_text(text)
     (tmp_path / "app-secret").unlink()
-    result = run("--config.check", f"--config.file={path}")
+    result = run_cli("--config.check", f"--config.file={path}")
     assert result.returncode == 1
     assert result.stdout == ""
     assert "config error: defaults.interval: must be a positive duration" in result.stderr
@@ -59,7 +62,7 @@ def test_config_check_names_negative_interval_and_missing_secret(tmp_path: Path)
 
 
 def test_start_without_config_explains_itself(tmp_path: Path) -> None:
-    result = run(cwd=tmp_path)
+    result = run_cli(cwd=tmp_path)
     assert result.returncode == 1
     assert "config.yaml: no such file" in result.stderr
     assert "--demo" in result.stderr
@@ -67,62 +70,14 @@ def test_start_without_config_explains_itself(tmp_path: Path) -> None:
 
 
 def test_bad_flags_are_usage_errors() -> None:
-    assert run("--web.listen-address", "nonsense").returncode == 2
-    assert run("--web.telemetry-path", "metrics").returncode == 2
-    assert run("--log.level", "loud").returncode == 2
-
-
-async def start(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        str(SCRIPT),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-async def read_until(stream: asyncio.StreamReader, pattern: str, timeout: float = 10) -> str:
-    async with asyncio.timeout(timeout):
-        while True:
-            line = (await stream.readline()).decode()
-            if not line:
-                raise AssertionError(f"stream ended before {pattern!r}")
-            match = re.search(pattern, line)
-            if match:
-                return match.group(1)
-
-
-async def stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM) -> float:
-    """Send `sig`; return how long the process took to exit (it must exit 0)."""
-    started = time.monotonic()
-    process.send_signal(sig)
-    try:
-        code = await asyncio.wait_for(process.wait(), 10)
-    finally:
-        if process.returncode is None:
-            process.kill()
-    assert code == 0
-    return time.monotonic() - started
-
-
-async def reap(*processes: asyncio.subprocess.Process | None) -> None:
-    """Kill whatever a test left running (a passing test has already stopped them)."""
-    for process in processes:
-        if process is not None and process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def metrics_text(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        assert response.status == 200
-        return await response.text()
+    assert run_cli("--web.listen-address", "nonsense").returncode == 2
+    assert run_cli("--web.telemetry-path", "metrics").returncode == 2
+    assert run_cli("--log.level", "loud").returncode == 2
 
 
 async def test_demo_is_up_within_five_seconds_and_stops_cleanly() -> None:
     started = time.monotonic()
-    process = await start("--demo", "--web.listen-address", "127.0.0.1:0")
+    process = await spawn("--demo", "--web.listen-address", "127.0.0.1:0")
     try:
         assert process.stdout is not None
         url = await read_until(process.stdout, r"^Metrics:\s+(\S+)")
@@ -136,7 +91,7 @@ async def test_demo_is_up_within_five_seconds_and_stops_cleanly() -> None:
         up_after = time.monotonic() - started
         assert both_up, f"demo accounts not up within 5 s:\n{text}"
         assert 'koodrive_space_used_bytes{account="demo-app"}' in text
-        assert await stop(process) < 5
+        assert await stop_process(process) < 5
         print(f"demo: both accounts up {up_after:.2f}s after the process started")
     finally:
         await reap(process)
@@ -146,7 +101,7 @@ async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None
     sim_dir, exp_dir = tmp_path / "sim", tmp_path / "exp"
     sim_dir.mkdir()
     exp_dir.mkdir()
-    simulator = await start(
+    simulator = await spawn(
         "simulate", "--listen", "127.0.0.1:0",
         "--config", str(two_account_config("http://127.0.0.1:1", sim_dir)),
     )  # fmt: skip
@@ -155,7 +110,7 @@ async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None
         assert simulator.stdout is not None
         sim_url = await read_until(simulator.stdout, r"^KooDrive simulator: (\S+)")
         config = two_account_config(sim_url, exp_dir, interval="1s")
-        exporter = await start(
+        exporter = await spawn(
             f"--config.file={config}", "--web.listen-address=127.0.0.1:0", "--log.format=json"
         )
         assert exporter.stderr is not None
@@ -178,7 +133,7 @@ async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None
             allocated = _value(text, "koodrive_space_allocated_bytes", name)
             assert capacity == growth.capacity_kb * 1024
             assert allocated == growth.allocation_kb * 1024
-        assert await stop(exporter, signal.SIGINT) < 5
+        assert await stop_process(exporter, signal.SIGINT) < 5
         out, err = await exporter.communicate()
         for secret in (APP_SECRET, TOKEN, "Signature="):
             assert secret not in err.decode()
@@ -199,18 +154,18 @@ def _value(text: str, name: str, account: str) -> float:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_port_in_use_is_a_clean_error(sig: int) -> None:
-    first = await start("--demo", "--web.listen-address", "127.0.0.1:0")
+    first = await spawn("--demo", "--web.listen-address", "127.0.0.1:0")
     try:
         assert first.stdout is not None
         url = await read_until(first.stdout, r"^Exporter:\s+(\S+)/")
-        second = await start("--demo", "--web.listen-address", url.removeprefix("http://"))
+        second = await spawn("--demo", "--web.listen-address", url.removeprefix("http://"))
         code = await asyncio.wait_for(second.wait(), 10)
         assert second.stderr is not None
         err = (await second.stderr.read()).decode()
         assert code == 1
         assert "cannot_listen" in err
         assert "Traceback" not in err
-        assert await stop(first, sig) < 5
+        assert await stop_process(first, sig) < 5
     finally:
         await reap(first)
 
@@ -220,37 +175,6 @@ GAMMA = """  - name: gamma
     auth:
       token_file: token
 """
-
-
-async def start_pair(tmp_path: Path, *exporter_args: str, sim_extra: str = "", interval="1s"):
-    """A simulator process and an exporter process polling it; returns both and the URLs."""
-    sim_dir, exp_dir = tmp_path / "sim", tmp_path / "exp"
-    sim_dir.mkdir()
-    exp_dir.mkdir()
-    sim_config = two_account_config("http://127.0.0.1:1", sim_dir)
-    sim_config.write_text(sim_config.read_text() + sim_extra)
-    simulator = await start("simulate", "--listen", "127.0.0.1:0", "--config", str(sim_config))
-    assert simulator.stdout is not None
-    sim_url = await read_until(simulator.stdout, r"^KooDrive simulator: (\S+)")
-    config = two_account_config(sim_url, exp_dir, interval=interval)
-    exporter = await start(
-        f"--config.file={config}", "--web.listen-address=127.0.0.1:0", "--log.format=json",
-        *exporter_args,
-    )  # fmt: skip
-    assert exporter.stderr is not None
-    urls = json.loads(await read_until(exporter.stderr, r'"urls": (\[[^\]]*\])'))
-    return simulator, exporter, sim_url, urls[0], config
-
-
-async def wait_metrics(url: str, predicate, timeout: float = 6) -> str:
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = await metrics_text(url + "/metrics")
-        if predicate(text):
-            return text
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"metrics never matched:\n{text}")
 
 
 async def test_sighup_adds_an_account(tmp_path: Path) -> None:
@@ -263,7 +187,7 @@ async def test_sighup_adds_an_account(tmp_path: Path) -> None:
             url, lambda t: all(f'koodrive_up{{account="{n}"}} 1' in t for n in ("acme", "gamma"))
         )
         assert "koodrive_exporter_config_last_reload_successful 1" in text
-        assert await stop(exporter) < 5
+        assert await stop_process(exporter) < 5
     finally:
         await reap(exporter, simulator)
 
@@ -291,7 +215,7 @@ async def test_sigterm_while_polls_hang_exits_within_five_seconds(tmp_path: Path
                     break
                 await asyncio.sleep(0.1)
         assert outcomes.get("fault:hang", 0) >= 2, outcomes
-        took = await stop(exporter)
+        took = await stop_process(exporter)
         assert took < 5
         print(f"SIGTERM with two polls hanging: exited 0 after {took:.2f}s")
     finally:
@@ -312,11 +236,11 @@ async def test_container_healthcheck_probe(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         free = str(sock.getsockname()[1])
     assert await healthcheck(free) == 1
-    process = await start("--demo", "--web.listen-address", "127.0.0.1:0")
+    process = await spawn("--demo", "--web.listen-address", "127.0.0.1:0")
     try:
         assert process.stdout is not None
         url = await read_until(process.stdout, r"^Exporter:\s+(\S+)/")
         assert await healthcheck(url.rsplit(":", 1)[1]) == 0
-        assert await stop(process) < 5
+        assert await stop_process(process) < 5
     finally:
         await reap(process)

@@ -13,15 +13,13 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from support import DASHBOARD, ROOT, RULES, dashboard_exprs, panels
 
 from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.core.exposition import Exposition
 from exporter.core.model import Reason, Snapshot, UsageBytes
 from exporter.core.state import ExporterState
 
-ROOT = Path(__file__).parent.parent
-DASHBOARD = ROOT / "dashboards" / "koodrive.json"
-RULES = ROOT / "dashboards" / "koodrive-rules.yaml"
 SCHEMA_CHECK = ROOT / "dashboards" / "schema-check"
 METRIC = re.compile(r"\b(?:account:)?koodrive_[a-z0-9_]+(?::[a-z0-9_]+)?")
 
@@ -39,15 +37,6 @@ export const dashboard: Json<Dashboard> = """
 
 def load_dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text(encoding="utf-8"))
-
-
-def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for panel in dashboard["panels"]:
-        out.extend(panel.get("panels", []))
-        if panel["type"] != "row":
-            out.append(panel)
-    return out
 
 
 def exported_metric_names() -> set[str]:
@@ -68,12 +57,6 @@ def exported_metric_names() -> set[str]:
 def recorded_names() -> set[str]:
     groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
     return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
-
-
-def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
-    exprs = [target["expr"] for panel in panels(dashboard) for target in panel["targets"]]
-    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
-    return exprs
 
 
 def test_variables_datasource_job_account() -> None:

@@ -22,7 +22,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 from dashboard_svg import render
-from test_dashboard import DASHBOARD, RULES, dashboard_exprs, panels
+from support import DASHBOARD, RULES, dashboard_exprs, panels
 
 from exporter.core.model import Usage
 from exporter.web.server import Settings, create_app

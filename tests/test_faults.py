@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import LogCapture
+from support import INTERVAL, TIMEOUT, LogCapture, matrix_config, parse_metrics
 
 from exporter.core.config import load_config
 from exporter.core.model import Reason
@@ -22,8 +22,6 @@ from exporter.log import make_logger
 from exporter.sim.simulator import Fault, FaultKind, Simulator, start_simulator
 from exporter.web.server import Settings, create_app
 
-INTERVAL = 1.0
-TIMEOUT = 0.4
 APP_SECRET = "matrix-app-secret-Ωmega"
 TOKEN = "Bearer+matrix-token-0123456789"
 
@@ -43,40 +41,6 @@ MATRIX: dict[str, tuple[Fault, Reason]] = {
     "expired_token": (Fault(FaultKind.EXPIRED_TOKEN), Reason.AUTH),
     "wrong_signature": (Fault(FaultKind.WRONG_SIGNATURE), Reason.AUTH),
 }
-
-
-def matrix_config(directory: Path, endpoint: str, names: list[str], **overrides: str) -> Path:
-    """One account per name, alternating app and token auth, inline secrets from env-free text."""
-    settings = {"interval": f"{INTERVAL}s", "timeout": f"{TIMEOUT}s", "retries": "1",
-                "backoff": "50ms"} | overrides  # fmt: skip
-    lines = ["defaults:", f"  endpoint: {endpoint}"]
-    lines += [f"  {key}: {value}" for key, value in settings.items()]
-    lines.append("accounts:")
-    for index, name in enumerate(names):
-        lines += [f"  - name: {name}", f'    user_id: "{1000 + index}"', "    auth:"]
-        if index % 2:
-            lines += [f'      token: "{TOKEN}-{index}"']
-        else:
-            lines += [f'      app_id: "app-{index}"', f'      app_secret: "{APP_SECRET}"']
-    path = directory / "matrix.yaml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def parse(text: str) -> dict[tuple[str, str], float]:
-    """{(metric name, account[:reason]): value} for the per-account koodrive samples."""
-    samples: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        if not line.startswith("koodrive_") or "account=" not in line:
-            continue
-        head, value = line.rsplit(" ", 1)
-        name, labels = head.split("{", 1)
-        parts = dict(part.split("=", 1) for part in labels.rstrip("}").split('",'))
-        key = parts["account"].strip('"')
-        if "reason" in parts:
-            key += ":" + parts["reason"].strip('"')
-        samples[(name, key)] = float(value)
-    return samples
 
 
 @dataclass
@@ -103,7 +67,7 @@ async def test_fault_matrix(tmp_path: Path, aiohttp_client) -> None:
             text = await response.text()
             slowest_scrape = max(slowest_scrape, time.perf_counter() - started)
             assert response.status == 200
-            return parse(text)
+            return parse_metrics(text)
 
         async def until(condition, limit: float) -> dict[tuple[str, str], float]:
             deadline = time.monotonic() + limit
@@ -220,7 +184,7 @@ async def test_soak_ten_thousand_failing_polls_leaks_nothing(tmp_path: Path, aio
         tasks_after = len(asyncio.all_tasks())
         response = await client.get("/metrics")
         assert response.status == 200
-        samples = parse(await response.text())
+        samples = parse_metrics(await response.text())
         total = sum(v for (n, k), v in samples.items() if n == "koodrive_poll_errors_total")
         assert total >= 12_000
         growth = rss_after - rss_before

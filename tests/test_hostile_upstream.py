@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
-from conftest import APP_ID, APP_SECRET, TOKEN, LogCapture
+from support import APP_ID, APP_SECRET, TOKEN, LogCapture
 
 from exporter.core.config import (
     SECRET_FILE_LIMIT,

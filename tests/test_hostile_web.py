@@ -23,10 +23,24 @@ import aiohttp
 import bcrypt
 import pytest
 from aiohttp import web
-from conftest import LogCapture, two_account_config, wait_for
-from test_cli import SCRIPT, reap, start_pair, wait_metrics
-from test_poller import FakeSource, account
-from test_security import HASH, PASSWORD, TLS_AND_AUTH, Served, basic, fetch, start
+from support import (
+    HASH,
+    PASSWORD,
+    SCRIPT,
+    TLS_AND_AUTH,
+    FakeSource,
+    LogCapture,
+    Served,
+    account,
+    basic,
+    fetch,
+    reap,
+    serve_guarded,
+    start_pair,
+    two_account_config,
+    wait_for,
+    wait_metrics,
+)
 
 from exporter.core.config import Config
 from exporter.web.server import EXPOSITION, GUARD, Settings, create_app, serve
@@ -64,7 +78,7 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
 
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, web_yaml: str, **settings: object) -> AsyncIterator[Served]:
-    async for item in start(tmp_path, web_yaml, **settings):
+    async for item in serve_guarded(tmp_path, web_yaml, **settings):
         yield item
 
 

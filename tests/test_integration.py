@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import APP_SECRET, TOKEN, two_account_config, wait_for
+from support import APP_SECRET, TOKEN, two_account_config, wait_for
 
 from exporter.core.config import load_config
 from exporter.core.model import Usage

@@ -97,3 +97,15 @@ def test_the_exporter_does_not_load_the_simulator() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/support.py; fixtures in conftest.py, used as fixtures."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if module and (module == "conftest" or module.startswith("test_")):
+                offenders.append(f"{path.name}: from {module}")
+    assert not offenders, offenders

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections import defaultdict
 
 import pytest
+from support import FakeSource, account
 
-from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
-from exporter.core.model import FetchError, Reason, Usage
+from exporter.core.model import FetchError, Reason
 from exporter.core.poller import (
     JITTER,
     RETRY_AFTER_CAP,
@@ -22,76 +21,6 @@ from exporter.core.poller import (
     startup_window,
 )
 from exporter.core.state import ExporterState
-
-
-def account(
-    name: str, interval: float = 0.1, timeout: float = 0.05, retries: int = 0, backoff: float = 1
-) -> AccountConfig:
-    return AccountConfig(
-        name=name,
-        user_id=name,
-        auth=TokenAuth(token=SecretRef(key="token", value=Secret("t"))),
-        endpoint="http://127.0.0.1:1",
-        interval=interval,
-        timeout=timeout,
-        kilobyte=1000,
-        retries=retries,
-        backoff=backoff,
-    )
-
-
-class FakeSource:
-    """Scripted upstream: per-account behaviour, with call and concurrency bookkeeping."""
-
-    def __init__(self) -> None:
-        self.behaviour: dict[str, object] = {}
-        self.calls: dict[str, list[float]] = defaultdict(list)
-        self.in_flight: dict[str, int] = defaultdict(int)
-        self.max_in_flight: dict[str, int] = defaultdict(int)
-        self.rotated: set[str] = set()  # accounts whose secret "changes" at the next check
-        self.skew: float | None = None
-        self.notices: dict[str, list[tuple[str, dict[str, object]]]] = defaultdict(list)
-        self.forgotten: list[tuple[list[str], list[str]]] = []  # (gone, kept) per forget()
-        self._ids = 0
-
-    def drain_notices(self, account: AccountConfig) -> list[tuple[str, dict[str, object]]]:
-        return self.notices.pop(account.name, [])
-
-    def forget(self, gone, keep) -> None:
-        self.forgotten.append(([a.name for a in gone], [a.name for a in keep]))
-
-    async def credentials_changed(self, account: AccountConfig) -> bool:
-        if account.name in self.rotated:
-            self.rotated.discard(account.name)
-            self.behaviour.pop(account.name, None)
-            return True
-        return False
-
-    def clock_skew(self, account: AccountConfig) -> float | None:
-        return self.skew
-
-    def new_trace_id(self) -> str:
-        self._ids += 1
-        return f"{self._ids:058d}"
-
-    async def overview(self, account: AccountConfig, trace_id: str) -> Usage:
-        name = account.name
-        self.calls[name].append(asyncio.get_running_loop().time())
-        self.in_flight[name] += 1
-        self.max_in_flight[name] = max(self.max_in_flight[name], self.in_flight[name])
-        try:
-            what = self.behaviour.get(name, "ok")
-            if what == "hang":
-                await asyncio.sleep(3600)
-            if isinstance(what, float):
-                await asyncio.sleep(what)
-            if isinstance(what, list):  # a script of outcomes, one per call
-                what = what.pop(0) if what else "ok"
-            if isinstance(what, BaseException):
-                raise what
-            return Usage(allocation_kb=1, capacity_kb=10, used_kb=5)
-        finally:
-            self.in_flight[name] -= 1
 
 
 async def run_for(poller: Poller, seconds: float) -> None:

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
-from test_faults import matrix_config, parse
+from support import matrix_config, parse_metrics
 
 from exporter.core.config import load_config
 from exporter.log import make_logger
@@ -51,7 +51,7 @@ async def test_two_thousand_accounts_in_three_shards(tmp_path: Path) -> None:
         for client, shard in zip(clients, owned, strict=True):
             text = await (await client.get("/metrics")).text()
             assert f"koodrive_exporter_shard_accounts {len(shard)}\n" in text
-            samples = parse(text)
+            samples = parse_metrics(text)
             up = {key for (name, key), value in samples.items() if name == "koodrive_up"}
             assert up == shard
             assert all(samples[("koodrive_up", account)] == 1 for account in shard)

@@ -3,113 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import bcrypt
 import pytest
 import trustme
-from aiohttp import web
-from conftest import LogCapture, two_account_config, wait_for
 from cryptography import x509
-from test_poller import FakeSource, account
+from support import (
+    PASSWORD,
+    TLS_AND_AUTH,
+    LogCapture,
+    Served,
+    basic,
+    fetch,
+    serve_guarded,
+    two_account_config,
+    wait_for,
+    write_pki,
+)
 
-from exporter.core.config import Config, load_config
+from exporter.core.config import load_config
 from exporter.sim.simulator import Simulator, start_simulator
-from exporter.web.server import GUARD, Settings, create_app, serve
-from exporter.web.webconfig import load_web_config
-
-PASSWORD = "correct horse battery staple"
-HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-@dataclass
-class Served:
-    url: str
-    app: web.Application
-    ca: trustme.CA
-    directory: Path
-
-    def client_context(self, **versions: ssl.TLSVersion) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        for name, value in versions.items():
-            setattr(context, name, value)
-        return context
-
-
-def write_pki(directory: Path, ca: trustme.CA, name: str = "server") -> None:
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_pem.write_to_path(str(directory / f"{name}.key"))
-    cert.cert_chain_pems[0].write_to_path(str(directory / f"{name}.crt"))
-    ca.cert_pem.write_to_path(str(directory / "ca.crt"))
-
-
-async def start(tmp_path: Path, web_yaml: str, **settings: object) -> AsyncIterator[Served]:
-    ca = trustme.CA()
-    write_pki(tmp_path, ca)
-    (tmp_path / "web.yml").write_text(web_yaml, encoding="utf-8")
-    web_config = load_web_config(tmp_path / "web.yml")
-    source = FakeSource()
-    app = create_app(
-        Config(accounts=(account("acme", interval=5, timeout=1),)),
-        LogCapture().log,
-        Settings(
-            source_factory=lambda _s: source,
-            startup_window=0.01,
-            web_config=web_config,
-            web_config_file=str(tmp_path / "web.yml"),
-            **settings,  # type: ignore[arg-type]
-        ),
-    )
-    stop = asyncio.Event()
-    urls: list[str] = []
-    task = asyncio.create_task(serve(app, "127.0.0.1:0", LogCapture().log, stop, urls.extend))
-    await wait_for(lambda: bool(urls) or task.done())
-    try:
-        yield Served(urls[0], app, ca, tmp_path)
-    finally:
-        stop.set()
-        await task
-
-
-TLS_AND_AUTH = f"""
-tls_server_config:
-  cert_file: server.crt
-  key_file: server.key
-basic_auth_users:
-  alice: {HASH}
-http_server_config:
-  headers:
-    X-Frame-Options: deny
-"""
+from exporter.web.server import GUARD, Settings, create_app
 
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    async for item in start(tmp_path, TLS_AND_AUTH):
+    async for item in serve_guarded(tmp_path, TLS_AND_AUTH):
         yield item
-
-
-async def fetch(served: Served, path: str, **kwargs: object) -> tuple[int, dict[str, str], str]:
-    context = kwargs.pop("ssl", served.client_context())
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(served.url + path, ssl=context, **kwargs) as response,  # type: ignore[arg-type]
-    ):
-        return response.status, dict(response.headers), await response.text()
 
 
 async def test_basic_auth_over_tls(served: Served) -> None:
@@ -144,7 +70,7 @@ async def test_probes_stay_open_for_kubelet(served: Served) -> None:
 
 
 async def test_protect_probes(tmp_path: Path) -> None:
-    async for served in start(tmp_path, TLS_AND_AUTH, protect_probes=True):
+    async for served in serve_guarded(tmp_path, TLS_AND_AUTH, protect_probes=True):
         assert (await fetch(served, "/-/healthy"))[0] == 401
         assert (await fetch(served, "/-/healthy", headers=basic("alice", PASSWORD)))[0] == 200
 
@@ -170,7 +96,7 @@ async def test_plain_http_on_the_tls_port_fails(served: Served) -> None:
 async def test_tls_below_min_version_is_refused(tmp_path: Path) -> None:
     web_yaml = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
     web_yaml += "  min_version: TLS13\n"
-    async for served in start(tmp_path, web_yaml):
+    async for served in serve_guarded(tmp_path, web_yaml):
         old = served.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
         with pytest.raises(aiohttp.ClientConnectorError):
             await fetch(served, "/metrics", ssl=old)
@@ -180,7 +106,7 @@ async def test_tls_below_min_version_is_refused(tmp_path: Path) -> None:
 async def test_mutual_tls(tmp_path: Path) -> None:
     web_yaml = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
     web_yaml += "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
-    async for served in start(tmp_path, web_yaml):
+    async for served in serve_guarded(tmp_path, web_yaml):
         with pytest.raises(aiohttp.ClientError):
             await fetch(served, "/metrics")
         with_cert = served.client_context()
@@ -219,7 +145,7 @@ async def test_broken_web_config_on_reload_keeps_the_old_one(served: Served) -> 
 
 
 async def test_slow_client_is_disconnected(tmp_path: Path) -> None:
-    async for served in start(tmp_path, "", read_header_timeout=0.3):
+    async for served in serve_guarded(tmp_path, "", read_header_timeout=0.3):
         port = int(served.url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
@@ -233,7 +159,7 @@ async def test_slow_client_is_disconnected(tmp_path: Path) -> None:
 
 
 async def test_oversized_headers_are_refused(tmp_path: Path) -> None:
-    async for served in start(tmp_path, ""):
+    async for served in serve_guarded(tmp_path, ""):
         status, _, _ = await fetch(served, "/metrics", headers={"X-Big": "a" * 10000})
         assert status in (400, 431)
         many = {f"X-H{i}": "1" for i in range(150)}

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from test_poller import FakeSource, account
+from support import FakeSource, account
 
 from exporter import __version__
 from exporter.core.config import Config

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import APP_ID, APP_SECRET, TOKEN, two_account_config
+from support import APP_ID, APP_SECRET, TOKEN, two_account_config
 
 from exporter.core.config import load_config
 from exporter.core.model import Usage
