@@ -1,18 +1,28 @@
-"""The scheduler: no overlap per account, jitter, independence of accounts, snapshots."""
+"""The scheduler: no overlap per account, jitter, independence of accounts, snapshots.
+
+Every test that involves time runs on virtual time (virtual_clock.py): a seeded generator
+fixes the draws, so these tests assert the exact moment of each poll, retry and timeout,
+not a window on the wall clock, and they take no time to wait out.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
+import math
 import random
+import time
 
 import pytest
 from support import FakeSource, account
+from virtual_clock import on_virtual_time
 
 from exporter.core.model import FetchError, Reason
 from exporter.core.poller import (
     JITTER,
     RETRY_AFTER_CAP,
+    TICK,
     Poller,
     backoff_delay,
     first_delay,
@@ -21,6 +31,15 @@ from exporter.core.poller import (
     startup_window,
 )
 from exporter.core.state import ExporterState
+
+SEED = 3
+EPOCH = 1_700_000_000.0  # the wall clock's reading at virtual time 0
+
+
+def exactly(expected: float | list[float]) -> object:
+    """Virtual time is exact but for float rounding (`now + (due - now)` may miss `due` by
+    an ulp): a nanosecond of tolerance, which no scheduling bug fits into."""
+    return pytest.approx(expected, rel=0, abs=1e-9)
 
 
 async def run_for(poller: Poller, seconds: float) -> None:
@@ -32,10 +51,62 @@ async def run_for(poller: Poller, seconds: float) -> None:
         await poller.stop()
 
 
-def make_poller(accounts, source, logs, state=None, window=0.01) -> tuple[Poller, ExporterState]:
+def make_poller(
+    accounts, source, logs, state=None, window: float | None = 0.01, **options
+) -> tuple[Poller, ExporterState]:
+    """A poller with a seeded generator, timing its polls on the (virtual) loop's clock."""
+    loop = asyncio.get_running_loop()
     state = state or ExporterState(accounts)
-    poller = Poller(accounts, source, state, logs.log, rng=random.Random(3), startup_window=window)
+    poller = Poller(
+        accounts, source, state, logs.log, rng=random.Random(SEED), startup_window=window,
+        stopwatch=loop.time, wall_clock=lambda: EPOCH + loop.time(), **options,
+    )  # fmt: skip
     return poller, state
+
+
+def snap(due: float, interval: float) -> float:
+    """Due times are rounded up to a tick: 100 ms, or a twentieth of a short interval."""
+    tick = min(TICK, interval / 20)
+    return math.ceil(due / tick) * tick
+
+
+def planned(
+    interval: float,
+    window: float,
+    until: float,
+    deferrals: dict[int, float] | None = None,
+    retry_draws: dict[int, int] | None = None,
+) -> list[float]:
+    """When one account's polls should start, if every poll is instant.
+
+    The design's rules restated, drawing from the same seeded generator in the same order
+    as the poller: the first poll within the startup window; the second 0.5-1.5 intervals
+    after it; then an interval ±10 %; never sooner than poll n's Retry-After deferral
+    (`deferrals[n]`); rounded up to a tick. `retry_draws[n]` counts the backoff draws poll n
+    makes (a retry may be drawn and then dropped, as it would not fit in the interval).
+    """
+    deferrals, retry_draws = deferrals or {}, retry_draws or {}
+    rng = random.Random(SEED)
+    calls = [first_delay(rng, interval, window)]
+    while True:
+        n = len(calls) - 1
+        for _ in range(retry_draws.get(n, 0)):
+            rng.random()
+        started = calls[-1]
+        if n == 0:
+            due = started + interval * rng.uniform(0.5, 1.5)
+        else:
+            due = started + next_delay(rng, interval)
+        if n in deferrals:
+            due = max(due, started + deferrals[n])
+        due = snap(due, interval)
+        if due >= until:
+            return calls
+        calls.append(due)
+
+
+def gaps(calls: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(calls)]
 
 
 def test_startup_window_grows_with_the_account_count() -> None:
@@ -61,10 +132,13 @@ def test_next_delay_jitters_plus_minus_ten_percent() -> None:
     assert len({round(d, 6) for d in delays}) > 4900  # no lockstep
 
 
+@on_virtual_time
 async def test_success_snapshot_is_converted_to_bytes(logs) -> None:
     source = FakeSource()
-    poller, state = make_poller([account("a")], source, logs)
-    snapshot = await poller.poll_once(account("a"))
+    source.behaviour["a"] = 0.25  # the request takes a quarter of a second
+    poller, state = make_poller([account("a", timeout=1)], source, logs)
+    await asyncio.sleep(7)
+    snapshot = await poller.poll_once(account("a", timeout=1))
     assert snapshot.ok
     assert snapshot.usage is not None
     assert (snapshot.usage.allocated, snapshot.usage.capacity, snapshot.usage.used) == (
@@ -72,15 +146,31 @@ async def test_success_snapshot_is_converted_to_bytes(logs) -> None:
         10000,
         5000,
     )
+    assert (snapshot.started_at, snapshot.duration) == (EPOCH + 7, exactly(0.25))
     assert state.accounts["a"].last_success is snapshot
     assert state.ready
     (line,) = logs.events("poll")
     assert line["account"] == "a"
     assert line["outcome"] == "success"
     assert line["trace_id"] == snapshot.trace_id
-    assert "duration_ms" in line
+    assert line["duration_ms"] == 250.0
 
 
+async def test_the_real_clocks_are_the_defaults(logs) -> None:
+    """On the real loop, without injected clocks: timestamps and durations as before."""
+    parameters = inspect.signature(Poller).parameters
+    assert parameters["wall_clock"].default is time.time
+    assert parameters["stopwatch"].default is time.perf_counter
+    source = FakeSource()
+    source.behaviour["a"] = 0.01
+    poller = Poller([account("a")], source, ExporterState([account("a")]), logs.log)
+    wall, counter = time.time(), time.perf_counter()
+    snapshot = await poller.poll_once(account("a"))
+    assert wall <= snapshot.started_at <= time.time()
+    assert 0 < snapshot.duration <= time.perf_counter() - counter
+
+
+@on_virtual_time
 async def test_failure_keeps_the_last_success_and_counts_the_reason(logs) -> None:
     source = FakeSource()
     poller, state = make_poller([account("a")], source, logs)
@@ -98,75 +188,134 @@ async def test_failure_keeps_the_last_success_and_counts_the_reason(logs) -> Non
     assert error_line["level"] == "warning"
 
 
+@on_virtual_time
 async def test_unexpected_exception_is_internal_and_does_not_kill_the_loop(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = KeyError("boom")
     poller, state = make_poller([account("a", interval=0.05)], source, logs)
     await run_for(poller, 0.3)
-    assert state.accounts["a"].errors[Reason.INTERNAL] >= 3
-    assert logs.events("poll_internal_error")
+    expected = planned(interval=0.05, window=0.01, until=0.3)
+    assert len(expected) >= 3
+    assert source.calls["a"] == exactly(expected)  # the loop polled on, on schedule
+    assert state.accounts["a"].errors == {Reason.INTERNAL: len(expected)}
+    assert len(logs.events("poll_internal_error")) == len(expected)
 
 
+@on_virtual_time
 async def test_outer_guard_times_out_a_source_that_ignores_its_timeout(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = "hang"
-    state = ExporterState([account("a")])
-    poller = Poller([account("a")], source, state, logs.log, timeout_grace=0.05)
+    poller, _ = make_poller([account("a")], source, logs, timeout_grace=0.05)
     snapshot = await asyncio.wait_for(poller.poll_once(account("a", timeout=0.05)), 2)
     assert snapshot.reason is Reason.TIMEOUT
+    # Given up at exactly the request's timeout plus the grace, not at the 2 s guard.
+    assert snapshot.duration == exactly(0.1)
+    assert asyncio.get_running_loop().time() == exactly(0.1)
 
 
+@on_virtual_time
 async def test_polls_of_one_account_never_overlap(logs) -> None:
     source = FakeSource()
     source.behaviour["slow"] = 0.15  # slower than its interval
-    poller, _state = make_poller([account("slow", interval=0.05, timeout=0.05)], source, logs)
+    poller, state = make_poller([account("slow", interval=0.05, timeout=0.05)], source, logs)
     await run_for(poller, 0.8)
+    calls = source.calls["slow"]
+    # Each poll starts the moment the one before it has finished: back to back, never over.
+    first = first_delay(random.Random(SEED), 0.05, 0.01)
+    assert calls == exactly([first + 0.15 * n for n in range(6)])
     assert source.max_in_flight["slow"] == 1
-    assert len(source.calls["slow"]) >= 3
     assert source.in_flight["slow"] == 0  # stop() cancelled the one in flight
+    assert state.accounts["slow"].last is not None
+    assert state.accounts["slow"].last.duration == exactly(0.15)
 
 
+@on_virtual_time
 async def test_a_hanging_account_does_not_block_the_others(logs) -> None:
     source = FakeSource()
     source.behaviour["stuck"] = "hang"
     accounts = [account("stuck", interval=1.0, timeout=1.0), account("fine", interval=0.05)]
     poller, state = make_poller(accounts, source, logs)
-    await run_for(poller, 0.6)
-    assert len(source.calls["stuck"]) == 1
-    assert len(source.calls["fine"]) >= 8
-    assert state.accounts["fine"].last is not None
-    assert state.accounts["fine"].last.ok
-    assert state.accounts["stuck"].last is None
-    assert not state.ready
+    poller.start()
+    try:
+        await asyncio.sleep(0.6)
+        assert len(source.calls["stuck"]) == 1
+        assert state.accounts["stuck"].last is None
+        assert not state.ready
+        assert state.accounts["fine"].last is not None
+        assert state.accounts["fine"].last.ok
+        await asyncio.sleep(1.9)
+    finally:
+        await poller.stop()
+    # The hung poll was cut off at exactly its timeout plus the grace, then polled again.
+    stuck = source.calls["stuck"]
+    assert stuck == exactly([stuck[0], stuck[0] + 2.0])
+    last = state.accounts["stuck"].last
+    assert last is not None
+    assert last.reason is Reason.TIMEOUT
+    assert (last.started_at, last.duration) == (exactly(EPOCH + stuck[0]), exactly(2.0))
+    # Meanwhile the other account kept its own schedule throughout, unaffected.
+    fine = source.calls["fine"]
+    assert fine[0] <= 0.01
+    assert 0.025 <= gaps(fine)[0] <= 0.075 + 0.0025 + 1e-9
+    assert all(0.045 <= gap <= 0.055 + 0.0025 + 1e-9 for gap in gaps(fine)[1:]), gaps(fine)
+    assert fine[-1] >= 2.5 - 0.0575
+    assert state.accounts["fine"].errors == {}
 
 
+@on_virtual_time
 async def test_interval_is_respected_with_jitter(logs) -> None:
     source = FakeSource()
     poller, _ = make_poller([account("a", interval=0.1)], source, logs)
-    await run_for(poller, 1.05)
+    await run_for(poller, 1.051)
     calls = source.calls["a"]
-    gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert 7 <= len(calls) <= 14
-    # After the first poll the phase is re-drawn within 0.5-1.5 intervals; then ±10 %
-    # (the upper bounds leave room for a busy CI machine's late wake-ups).
-    assert 0.049 <= gaps[0] <= 0.19, gaps
-    assert all(0.089 <= gap <= 0.15 for gap in gaps[1:]), gaps
+    assert calls == exactly(planned(interval=0.1, window=0.01, until=1.051))
+    # After the first poll the phase is re-drawn within 0.5-1.5 intervals; then ±10 %;
+    # each rounded up to the 5 ms tick.
+    assert 0.05 <= gaps(calls)[0] <= 0.15 + 0.005 + 1e-9, gaps(calls)
+    assert all(0.09 <= gap <= 0.11 + 0.005 + 1e-9 for gap in gaps(calls)[1:]), gaps(calls)
+    assert len({round(gap, 6) for gap in gaps(calls)[1:]}) > 1  # jittered, not fixed
 
 
+@on_virtual_time
 async def test_first_round_is_spread_over_the_startup_window(logs) -> None:
     source = FakeSource()
     accounts = [account(f"a{i}", interval=10, timeout=1) for i in range(50)]
     poller, state = make_poller(accounts, source, logs, window=0.3)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await run_for(poller, 0.45)
-    firsts = sorted(calls[0] - started for calls in source.calls.values())
-    assert len(firsts) == 50
+    await run_for(poller, 0.31)
+    rng = random.Random(SEED)  # each loop draws its first delay as it starts, in order
+    expected = [first_delay(rng, 10, 0.3) for _ in accounts]
+    assert [source.calls[a.name] for a in accounts] == [[exactly(t)] for t in expected]
     assert state.ready
-    assert firsts[-1] <= 0.5
-    assert firsts[-1] - firsts[0] > 0.15  # spread out, not all at once
+    assert max(expected) <= 0.3
+    assert max(expected) - min(expected) > 0.15  # spread out, not all at once
 
 
+@on_virtual_time
+async def test_a_thousand_accounts_start_within_one_second(logs) -> None:
+    source = FakeSource()
+    accounts = [account(f"a{i:04}", interval=60, timeout=1) for i in range(1000)]
+    poller, state = make_poller(accounts, source, logs, window=None)  # the default window
+    rng = random.Random(SEED)
+    expected = [first_delay(rng, 60, startup_window(1000)) for _ in accounts]
+    poller.start()
+    try:
+        await asyncio.sleep(max(expected) - 1e-6)
+        assert state.waiting() == 1  # ready only with the last first poll...
+        assert not state.ready
+        await asyncio.sleep(1e-6)
+        assert state.ready  # ...which came within the second
+    finally:
+        await poller.stop()
+    assert [source.calls[a.name] for a in accounts] == [[exactly(t)] for t in expected]
+    assert 0.99 < max(expected) <= 1.0
+    # Spread, not bunched: no 10 ms of the window holds more than 3 % of the first polls.
+    per_slot = [0] * 100
+    for t in expected:
+        per_slot[min(99, int(t * 100))] += 1
+    assert max(per_slot) <= 30
+
+
+@on_virtual_time
 async def test_stop_cancels_everything_quickly(logs) -> None:
     source = FakeSource()
     accounts = [account(f"h{i}", interval=5, timeout=5) for i in range(20)]
@@ -175,14 +324,16 @@ async def test_stop_cancels_everything_quickly(logs) -> None:
     poller, _ = make_poller(accounts, source, logs)
     poller.start()
     await asyncio.sleep(0.1)
+    assert sum(source.in_flight.values()) == 20
     loop = asyncio.get_running_loop()
     started = loop.time()
     await poller.stop()
-    assert loop.time() - started < 0.5
+    assert loop.time() == started  # stopping waits for no timer at all
     assert all(count == 0 for count in source.in_flight.values())
 
 
 @pytest.mark.parametrize("reason", list(Reason))
+@on_virtual_time
 async def test_every_reason_is_recorded(logs, reason: Reason) -> None:
     source = FakeSource()
     source.behaviour["a"] = FetchError(reason, "x")
@@ -199,6 +350,7 @@ def test_backoff_is_full_jitter_exponential_and_capped() -> None:
         assert ceiling * 0.95 < max(delays) <= ceiling
 
 
+@on_virtual_time
 async def test_transient_failures_are_retried_within_the_poll(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = [
@@ -213,10 +365,17 @@ async def test_transient_failures_are_retried_within_the_poll(logs) -> None:
     assert snapshot.attempts == 3
     assert snapshot.failures == (Reason.CONNECTION, Reason.HTTP_ERROR)
     assert state.accounts["a"].errors == {Reason.CONNECTION: 1, Reason.HTTP_ERROR: 1}
+    # Each retry waits exactly its full-jitter backoff: ≤ 20 ms, then ≤ 40 ms.
+    rng = random.Random(SEED)
+    first, second = (backoff_delay(rng, 0.02, retry, cap=1.0) for retry in (0, 1))
+    assert source.calls["a"] == exactly([0.0, first, first + second])
+    assert snapshot.duration == exactly(first + second)
     assert len(logs.events("poll")) == 1  # one canonical line per poll
-    assert len(logs.events("poll_attempt_failed")) == 2
+    retries = logs.events("poll_attempt_failed")
+    assert [line["retry_in_s"] for line in retries] == [round(first, 3), round(second, 3)]
 
 
+@on_virtual_time
 async def test_retries_are_bounded(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = [FetchError(Reason.TIMEOUT, "slow")] * 10
@@ -224,6 +383,10 @@ async def test_retries_are_bounded(logs) -> None:
     poller, _ = make_poller([acct], source, logs)
     snapshot = await poller.poll_once(acct)
     assert (snapshot.reason, snapshot.attempts, len(source.calls["a"])) == (Reason.TIMEOUT, 3, 3)
+    rng = random.Random(SEED)
+    first, second = (backoff_delay(rng, 0.01, retry, cap=1.0) for retry in (0, 1))
+    assert source.calls["a"] == exactly([0.0, first, first + second])
+    assert asyncio.get_running_loop().time() == exactly(first + second)  # no third wait
 
 
 @pytest.mark.parametrize(
@@ -237,6 +400,7 @@ async def test_retries_are_bounded(logs) -> None:
     ],
     ids=lambda e: e.detail,
 )
+@on_virtual_time
 async def test_permanent_failures_are_not_retried(logs, error: FetchError) -> None:
     source = FakeSource()
     source.behaviour["a"] = error
@@ -245,19 +409,21 @@ async def test_permanent_failures_are_not_retried(logs, error: FetchError) -> No
     snapshot = await poller.poll_once(acct)
     assert snapshot.reason is error.reason
     assert len(source.calls["a"]) == 1
+    assert asyncio.get_running_loop().time() == 0.0  # no backoff either
 
 
+@on_virtual_time
 async def test_retry_after_is_never_undercut(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.4), "ok"]
     acct = account("a", interval=3, timeout=0.1, retries=2, backoff=0.001)
     poller, _ = make_poller([acct], source, logs)
     snapshot = await poller.poll_once(acct)
-    first, second = source.calls["a"]
     assert snapshot.ok
-    assert second - first >= 0.4
+    assert source.calls["a"] == exactly([0.0, 0.4])  # the Retry-After, not the ≤ 1 ms backoff
 
 
+@on_virtual_time
 async def test_retry_after_beyond_the_interval_delays_the_next_poll(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.6)] + ["ok"] * 9
@@ -265,11 +431,16 @@ async def test_retry_after_beyond_the_interval_delays_the_next_poll(logs) -> Non
     poller, state = make_poller([acct], source, logs)
     await run_for(poller, 0.9)
     calls = source.calls["a"]
-    assert calls[1] - calls[0] >= 0.6  # neither a retry nor the next poll came sooner
+    # The retry was drawn, found not to fit in the interval, and dropped; the next poll
+    # then waited out the whole Retry-After (rounded up to the 10 ms tick).
+    expected = planned(0.2, 0.01, 0.9, deferrals={0: 0.6}, retry_draws={0: 1})
+    assert calls == exactly(expected)
+    assert calls[1] == exactly(snap(calls[0] + 0.6, 0.2))
     assert state.accounts["a"].last is not None
     assert state.accounts["a"].last.ok
 
 
+@on_virtual_time
 async def test_no_retry_when_it_would_not_fit_in_the_interval(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.5), "ok"]
@@ -279,8 +450,10 @@ async def test_no_retry_when_it_would_not_fit_in_the_interval(logs) -> None:
     assert snapshot.reason is Reason.RATE_LIMITED
     assert snapshot.retry_after == 0.5
     assert len(source.calls["a"]) == 1
+    assert asyncio.get_running_loop().time() == 0.0  # it did not wait, either
 
 
+@on_virtual_time
 async def test_auth_failure_retries_once_only_if_the_secret_changed(logs) -> None:
     source = FakeSource()
     acct = account("a", interval=2, timeout=0.1, retries=3, backoff=0.01)
@@ -294,8 +467,10 @@ async def test_auth_failure_retries_once_only_if_the_secret_changed(logs) -> Non
     assert snapshot.ok
     assert snapshot.attempts == 2
     assert len(source.calls["a"]) == 3
+    assert asyncio.get_running_loop().time() == 0.0  # the retry after a rotation is at once
 
 
+@on_virtual_time
 async def test_clock_skew_is_recorded_in_the_snapshot(logs) -> None:
     source = FakeSource()
     source.skew = -120.25
@@ -303,6 +478,7 @@ async def test_clock_skew_is_recorded_in_the_snapshot(logs) -> None:
     assert (await poller.poll_once(account("a"))).clock_skew == -120.25
 
 
+@on_virtual_time
 async def test_update_adds_removes_and_restarts_only_changed_accounts(logs) -> None:
     source = FakeSource()
     keep, drop, change = account("keep"), account("drop"), account("change")
@@ -310,11 +486,13 @@ async def test_update_adds_removes_and_restarts_only_changed_accounts(logs) -> N
     poller.start()
     try:
         await asyncio.sleep(0.25)
-        kept_task = poller._tasks["keep"]
+        kept_task, changed_task = poller._tasks["keep"], poller._tasks["change"]
         changed = account("change", interval=0.2)
         result = await poller.update([keep, changed, account("new")])
         assert result == (1, 1, 1)
         assert poller._tasks["keep"] is kept_task
+        assert poller._tasks["change"] is not changed_task
+        assert changed_task.cancelled()
         assert set(state.accounts) == {"keep", "change", "new"}
         assert state.accounts["change"].last is not None  # data kept until the next poll
         drop_calls = len(source.calls["drop"])
@@ -323,34 +501,41 @@ async def test_update_adds_removes_and_restarts_only_changed_accounts(logs) -> N
         assert state.accounts["new"].last is not None
     finally:
         await poller.stop()
+    # The restarted and the added loop began afresh: their first polls came within the
+    # startup window after the update, at 0.25 s.
+    assert all(t < 0.25 for t in source.calls["drop"])
+    for name in ("change", "new"):
+        after = [t for t in source.calls[name] if t >= 0.25]
+        assert after
+        assert after[0] <= 0.25 + 0.01
 
 
+@on_virtual_time
 async def test_due_times_snap_to_ticks_so_polls_wake_the_loop_together(logs) -> None:
     source = FakeSource()
     accounts = [account(f"t{i}", interval=1.0, timeout=0.1) for i in range(20)]
     poller, _ = make_poller(accounts, source, logs, window=0.05)
-    await run_for(poller, 2.3)
-    # After the first round every poll starts on a 50 ms tick (interval / 20).
+    await run_for(poller, 2.31)
+    # After the first round every poll starts on a 50 ms tick (interval / 20), exactly.
     later = [t for calls in source.calls.values() for t in calls[1:]]
-    assert later
-    assert all(abs(t / 0.05 - round(t / 0.05)) < 0.2 for t in later), later
+    assert len(later) >= 20
+    assert all(t == exactly(round(t / 0.05) * 0.05) for t in later), later
+    assert len({round(t, 6) for t in later}) < len(later)  # some share a wake-up
 
 
+@on_virtual_time
 async def test_a_huge_retry_after_is_capped_and_each_deferral_logged(logs) -> None:
     source = FakeSource()
     huge = FetchError(Reason.RATE_LIMITED, "429", retry_after=86400.0)
     source.behaviour["a"] = [huge, "ok", huge] + ["ok"] * 20
     acct = account("a", interval=0.1, timeout=0.05, retries=0)
-    state = ExporterState([acct])
-    poller = Poller(
-        [acct], source, state, logs.log, rng=random.Random(3), startup_window=0.01,
-        retry_after_cap=0.3,
-    )  # fmt: skip
-    await run_for(poller, 1.3)
+    poller, _ = make_poller([acct], source, logs, retry_after_cap=0.3)
+    await run_for(poller, 1.301)
     calls = source.calls["a"]
-    gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert 0.29 <= gaps[0] <= 0.5, gaps  # deferred by the cap, not by a day
-    assert 0.29 <= gaps[2] <= 0.5, gaps
+    # Deferred by the cap, not by a day, and each time exactly by the cap (to the tick).
+    assert calls == exactly(planned(0.1, 0.01, 1.301, deferrals={0: 0.3, 2: 0.3}))
+    assert calls[1] == exactly(snap(calls[0] + 0.3, 0.1))
+    assert calls[3] == exactly(snap(calls[2] + 0.3, 0.1))
     assert len(calls) >= 6
     deferred = logs.events("poll_deferred")
     assert [(e["account"], e["retry_after_s"], e["applied_s"], e["capped"]) for e in deferred] == [
@@ -359,30 +544,33 @@ async def test_a_huge_retry_after_is_capped_and_each_deferral_logged(logs) -> No
     assert {e["level"] for e in deferred} == {"warning"}
 
 
+@on_virtual_time
 async def test_a_retry_after_within_the_cap_is_applied_in_full_and_logged(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.4)] + ["ok"] * 9
     acct = account("a", interval=0.1, timeout=0.05)
-    poller = Poller(
-        [acct], source, ExporterState([acct]), logs.log, rng=random.Random(3),
-        startup_window=0.01, retry_after_cap=5,
-    )  # fmt: skip
-    await run_for(poller, 0.7)
+    poller, _ = make_poller([acct], source, logs, retry_after_cap=5)
+    await run_for(poller, 0.701)
     calls = source.calls["a"]
-    assert calls[1] - calls[0] >= 0.4
+    assert calls == exactly(planned(0.1, 0.01, 0.701, deferrals={0: 0.4}))
+    assert calls[1] == exactly(snap(calls[0] + 0.4, 0.1))
     (line,) = logs.events("poll_deferred")
     assert (line["retry_after_s"], line["applied_s"], line["capped"]) == (0.4, 0.4, False)
 
 
+@on_virtual_time
 async def test_a_retry_after_within_the_interval_is_not_logged(logs) -> None:
     source = FakeSource()
     source.behaviour["a"] = [FetchError(Reason.RATE_LIMITED, "429", retry_after=0.05), "ok"]
     poller, _ = make_poller([account("a", interval=0.1)], source, logs)
-    await run_for(poller, 0.4)
-    assert len(source.calls["a"]) >= 2
+    await run_for(poller, 0.401)
+    calls = source.calls["a"]
+    assert calls == exactly(planned(0.1, 0.01, 0.401, deferrals={0: 0.05}))
+    assert calls[1] - calls[0] >= 0.05
     assert logs.events("poll_deferred") == []
 
 
+@on_virtual_time
 async def test_notices_of_the_source_are_logged_as_warnings(logs) -> None:
     source = FakeSource()
     source.notices["a"].append(("server_date_ignored", {"date": "Thu, 01 Jan 1970"}))
@@ -395,6 +583,7 @@ async def test_notices_of_the_source_are_logged_as_warnings(logs) -> None:
     assert len(logs.events("server_date_ignored")) == 1
 
 
+@on_virtual_time
 async def test_update_tells_the_source_to_forget_removed_and_changed_accounts(logs) -> None:
     source = FakeSource()
     keep, drop, change = account("keep"), account("drop"), account("change")
@@ -407,6 +596,21 @@ async def test_update_tells_the_source_to_forget_removed_and_changed_accounts(lo
     ((gone, kept),) = source.forgotten
     assert sorted(gone) == ["change", "drop"]
     assert kept == ["keep"]  # only what stays as it was keeps its cached files
+
+
+@on_virtual_time
+async def test_the_virtual_clock_jumps_to_each_timer_exactly(logs) -> None:
+    """The ground the tests above stand on: sleeps and timeouts end at their due time."""
+    loop = asyncio.get_running_loop()
+    assert loop.time() == 0.0
+    await asyncio.sleep(3600)
+    assert loop.time() == 3600.0
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.25):
+            await asyncio.sleep(10)
+    assert loop.time() == 3600.25
+    await asyncio.gather(*(asyncio.sleep(0.1 * n) for n in range(1, 4)))
+    assert loop.time() == exactly(3600.55)
 
 
 def test_retry_after_cap_is_the_interval_or_ten_minutes() -> None:
