@@ -15,6 +15,7 @@ RUN python -m pip wheel --no-cache-dir --disable-pip-version-check --no-deps \
  && /opt/venv/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}
+# Must equal exporter.__version__ (tests/test_repo.py checks it).
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="koodrive-exporter" \
       org.opencontainers.image.description="Prometheus exporter for Huawei Cloud KooDrive space usage" \

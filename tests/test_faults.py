@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from support import INTERVAL, TIMEOUT, LogCapture, matrix_config, parse_metrics
 
 from exporter.core.config import load_config
@@ -153,6 +154,7 @@ def rss_bytes() -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 async def test_soak_ten_thousand_failing_polls_leaks_nothing(tmp_path: Path, aiohttp_client):
     names = [f"soak-{i}" for i in range(50)]
     placeholder = matrix_config(tmp_path, "http://127.0.0.1:1", names)

@@ -15,7 +15,7 @@ from exporter.upstream.signing import AppCredentials, TokenCredentials
 PATH = "/koodrive/ose/v1/space/usage/overview"
 HOST = "intl.myhuaweicloud-koodrive.com"
 USER = "1505084218764547200"
-# 2024-09-09T03:33:25Z, the X-Date of the worked example in koodrive-api.md section 4.3.
+# 2024-09-09T03:33:25Z, the X-Date of the worked example in docs/koodrive-api.md section 4.3.
 DOC_TIME = datetime(2024, 9, 9, 3, 33, 25, tzinfo=UTC).timestamp()
 DOC_CANONICAL = (
     "GET\n"
@@ -34,14 +34,14 @@ def doc_headers() -> dict[str, str]:
     return {"host": HOST, "x-date": "20240909T033325Z", "x-user-id": USER}
 
 
-def test_canonical_request_matches_the_documented_vector() -> None:
+def test_canonical_request_matches_our_reference_vector() -> None:
     canonical = signing.canonical_request("GET", PATH, (), doc_headers())
     assert canonical == DOC_CANONICAL
     digest = hashlib.sha256(canonical.encode()).hexdigest()
     assert digest == "423276eef2b64182711dcc762f0adb0d5b384a12bf08623206b191cdea64e7c1"
 
 
-def test_signature_matches_the_documented_vector() -> None:
+def test_signature_matches_our_reference_vector() -> None:
     sig = signing.signature("test-app-secret", DOC_CANONICAL)
     assert sig == "b43fba2df77e065ca186e73488e307b0d4a1ddf618ce06b39891c5f5f514405d"
 
@@ -59,7 +59,7 @@ def test_string_to_sign_has_no_date_or_scope() -> None:
     )
 
 
-def test_app_auth_headers_for_the_documented_vector() -> None:
+def test_app_auth_headers_for_our_reference_vector() -> None:
     headers = signing.request_headers(
         AppCredentials(app_id="my-app", app_secret="test-app-secret"),
         host=HOST,

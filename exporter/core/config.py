@@ -42,7 +42,6 @@ X_DATE_WINDOW = 15 * 60
 ACCOUNT_KEYS = DEFAULT_KEYS | {"name", "user_id", "auth"}
 APP_KEYS = frozenset({"app_id", "app_secret", "app_secret_file"})
 TOKEN_KEYS = frozenset({"token", "token_file"})
-SECRET_KEYS = frozenset({"app_secret", "token"})
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -61,9 +60,10 @@ CA_FILE_LIMIT = 1024 * 1024
 SHOWN_VALUE_LIMIT = 60
 # The config nests five levels deep; the limit keeps the composer's recursion bounded.
 MAX_YAML_DEPTH = 32
-# Polling limits for the KooDrive API: faster would flood a shared SaaS API (10 ms was
-# 100 requests/s per account), slower than daily makes stale_after meaningless. Loopback
-# endpoints (the simulator, test doubles) may go faster.
+# Polling limits for the KooDrive API, which publishes no rate limit (docs/koodrive-api.md
+# section 6): faster would flood a shared SaaS API (10 ms was 100 requests/s per
+# account), slower than daily makes stale_after meaningless. Loopback endpoints (the
+# simulator, test doubles) may go faster.
 MIN_INTERVAL = 1.0
 MAX_INTERVAL = 24 * 3600.0
 MIN_TIMEOUT = 0.1
@@ -731,7 +731,8 @@ class _Checker:
         return self.duration(path, raw, allow_zero=False, at_most=MAX_INTERVAL)
 
     def x_date_margin(self, path: str, raw: object) -> float | None:
-        # Half the X-Date window: a larger margin would leave too little room for skew.
+        # Half the X-Date window (docs/koodrive-api.md section 2.2): a larger margin would
+        # leave too little room for skew.
         return self.duration(path, raw, allow_zero=True, below=X_DATE_WINDOW / 2)
 
     def duration(

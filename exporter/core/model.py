@@ -1,4 +1,4 @@
-"""Plain data shared by the client, the poller and the exposition.
+"""Plain data shared by the client, the poller and the state the exposition reads.
 
 Kept free of I/O and of any sibling import so that every other module can depend on it
 without pulling in aiohttp or prometheus_client.

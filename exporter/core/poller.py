@@ -1,9 +1,9 @@
 """The asyncio scheduler: one loop per account, polling in the background.
 
 Polling on a timer, not on scrape, keeps HA Prometheus pairs and probes from multiplying
-upstream calls, and keeps every scrape independent of the network (design.md). Each account
-awaits its own poll, retries included, before scheduling the next, so two polls of one
-account never overlap, and a hung account only ever delays itself.
+upstream calls, and keeps every scrape independent of the network (docs/design.md section
+2). Each account awaits its own poll, retries included, before scheduling the next, so two
+polls of one account never overlap, and a hung account only ever delays itself.
 
 Time comes from outside. Schedules, sleeps and timeouts follow the running event loop's
 clock (loop.time, asyncio.sleep, asyncio.timeout), so whoever runs the poller chooses the

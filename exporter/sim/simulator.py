@@ -1,13 +1,15 @@
 """A faithful fake of KooDrive's space usage overview endpoint.
 
-It enforces what the docs say (koodrive-api.md sections 2 and 4): X-Date format and its
+It enforces what the docs say (docs/koodrive-api.md sections 2 and 4): X-Date format and its
 one-sided 15-minute window, the HMAC signature for app accounts, the token for token
 accounts, a known X-User-Id, a 58-character X-Traceid when one is sent. The signature check
 is written here from the docs on purpose, without calling `signing`: a test where the
 client and the simulator agree then means two independent readings agree.
 
-Auth-failure body codes are not documented; the simulator answers HTTP 400 with code
-13000102 for malformed parameters and HTTP 401 with code 401 for rejected credentials.
+Auth-failure body codes are not documented (docs/koodrive-api.md section 5); the simulator
+answers HTTP 400 with code 13000102 for a missing or malformed parameter (a required header,
+the X-Date format, an X-Traceid that is not 58 characters) and HTTP 401 with code 401 for
+rejected credentials or an X-Date outside its window.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The KooDrive HTTP client: one shared aiohttp session, one method per endpoint.
 
 Every failure leaves as a FetchError with a bounded `reason`; the poller never has to know
-about aiohttp's exception zoo.
+about aiohttp's exception zoo. The response shape and units it relies on are in
+docs/koodrive-api.md section 2.3; the error shapes, and the reason each one maps to, in its
+section 5.
 """
 
 from __future__ import annotations

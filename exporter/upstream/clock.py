@@ -1,8 +1,9 @@
 """Time as the upstream sees it: HTTP dates, Retry-After, and the clock-skew estimate.
 
-KooDrive refuses an X-Date later than its own clock, so a client clock even one second
-ahead fails every request. The `Date` header of every response tells the server's time;
-this module turns those into a smoothed offset. Pure: callers pass the local times in.
+KooDrive refuses an X-Date later than its own clock (docs/koodrive-api.md section 2.2), so
+a client clock even one second ahead fails every request. The `Date` header of every
+response tells the server's time; this module turns those into a smoothed offset. Pure:
+callers pass the local times in.
 
 Every value here comes from an upstream we do not control, so each one is bounded: a Date
 more than PLAUSIBLE_SKEW from the local clock is ignored (one broken header must not move

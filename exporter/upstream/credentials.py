@@ -6,11 +6,11 @@ is read only when it did change.
 
 These paths come from an operator's config but point into a file system anything may have
 written to, so every read refuses what is not a regular file (a FIFO would block forever,
-/dev/zero never ends) and anything larger than a secret or a CA bundle can be. The poller
-uses the async methods, which stat and read in a worker thread, and at most once per
-RESTAT_INTERVAL per file: a stuck NFS mount must not stall every account on the loop. The
-synchronous `credentials` and `refresh` serve the simulator and tools, where that matters
-less than simplicity.
+/dev/zero never ends) and anything larger than a secret or a CA bundle can be. Polls go
+through the async methods (the client calls them for the poller), which stat and read in a
+worker thread, and at most once per RESTAT_INTERVAL per file: a stuck NFS mount must not
+stall every account on the loop. The synchronous `credentials` and `refresh` serve the
+simulator and the tests, where that matters less than simplicity.
 """
 
 from __future__ import annotations

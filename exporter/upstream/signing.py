@@ -2,7 +2,8 @@
 
 Time and randomness come in as arguments so that every request can be signed afresh by the
 caller and every rule here can be checked against fixed vectors. The algorithm follows
-koodrive-api.md section 4.3 (app authentication, HMAC-SHA256).
+docs/koodrive-api.md section 4.3 (app authentication, HMAC-SHA256); the X-Date rules are in
+its section 2.2.
 """
 
 from __future__ import annotations

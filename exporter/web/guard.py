@@ -22,8 +22,9 @@ moment it is accepted, so nothing a client sends (or fails to send) escapes a bo
   process, at most one bcrypt check in flight per client address, and every check padded
   to the cost of the slowest configured hash, unknown users included.
 - TLS: every handshake uses the newest context, so rotated certificates and changed TLS
-  settings apply to new connections without a restart; a live change that would turn TLS
-  or basic auth off is refused until a restart.
+  settings apply to new connections without a restart; a live change that would weaken
+  security (turning TLS on or off, removing basic auth, dropping client certificate
+  verification, lowering min_version) is refused until a restart.
 """
 
 from __future__ import annotations
