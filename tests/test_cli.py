@@ -21,10 +21,12 @@ from support import (
     read_until,
     reap,
     run_cli,
+    samples,
     spawn,
     start_pair,
     stop_process,
     two_account_config,
+    value,
     wait_metrics,
 )
 
@@ -85,12 +87,12 @@ async def test_demo_is_up_within_five_seconds_and_stops_cleanly() -> None:
         while time.monotonic() - started < 5 and not both_up:
             text = await metrics_text(url)
             both_up = all(
-                f'koodrive_up{{account="{name}"}} 1' in text for name in ("demo-app", "demo-token")
+                value(text, "koodrive_up", account=name) == 1 for name in ("demo-app", "demo-token")
             )
             await asyncio.sleep(0.05)
         up_after = time.monotonic() - started
         assert both_up, f"demo accounts not up within 5 s:\n{text}"
-        assert 'koodrive_space_used_bytes{account="demo-app"}' in text
+        assert value(text, "koodrive_space_used_bytes", account="demo-app") > 0
         assert await stop_process(process) < 5
         print(f"demo: both accounts up {up_after:.2f}s after the process started")
     finally:
@@ -119,18 +121,14 @@ async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None
         text = ""
         while time.monotonic() < deadline:
             text = await metrics_text(urls[0] + "/metrics")
-            if all(line.endswith(" 1") for line in _up_lines(text)) and text.count("_up{") == 2:
+            if _up(text) == {"acme": 1, "beta": 1}:
                 break
             await asyncio.sleep(0.1)
-        assert _up_lines(text) == [
-            'koodrive_up{account="acme"} 1',
-            'koodrive_up{account="beta"} 1',
-        ]
+        assert _up(text) == {"acme": 1, "beta": 1}
         for name in ("acme", "beta"):
             growth = Growth.for_account(name)
-            assert f'koodrive_space_capacity_bytes{{account="{name}"}} ' in text
-            capacity = _value(text, "koodrive_space_capacity_bytes", name)
-            allocated = _value(text, "koodrive_space_allocated_bytes", name)
+            capacity = value(text, "koodrive_space_capacity_bytes", account=name)
+            allocated = value(text, "koodrive_space_allocated_bytes", account=name)
             assert capacity == growth.capacity_kb * 1024
             assert allocated == growth.allocation_kb * 1024
         assert await stop_process(exporter, signal.SIGINT) < 5
@@ -142,14 +140,13 @@ async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None
         await reap(exporter, simulator)
 
 
-def _up_lines(text: str) -> list[str]:
-    return sorted(line for line in text.splitlines() if line.startswith("koodrive_up{"))
-
-
-def _value(text: str, name: str, account: str) -> float:
-    prefix = f'{name}{{account="{account}"}} '
-    (line,) = [line for line in text.splitlines() if line.startswith(prefix)]
-    return float(line[len(prefix) :])
+def _up(text: str) -> dict[str, float]:
+    """koodrive_up by account: every account the body has, and nothing else."""
+    return {
+        dict(labels)["account"]: number
+        for (name, labels), number in samples(text).items()
+        if name == "koodrive_up"
+    }
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -180,13 +177,11 @@ GAMMA = """  - name: gamma
 async def test_sighup_adds_an_account(tmp_path: Path) -> None:
     simulator, exporter, _, url, config = await start_pair(tmp_path, sim_extra=GAMMA)
     try:
-        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1' in t)
+        await wait_metrics(url, lambda t: value(t, "koodrive_up", account="beta") == 1)
         config.write_text(config.read_text() + GAMMA)
         exporter.send_signal(signal.SIGHUP)
-        text = await wait_metrics(
-            url, lambda t: all(f'koodrive_up{{account="{n}"}} 1' in t for n in ("acme", "gamma"))
-        )
-        assert "koodrive_exporter_config_last_reload_successful 1" in text
+        text = await wait_metrics(url, lambda t: _up(t) == {"acme": 1, "beta": 1, "gamma": 1})
+        assert value(text, "koodrive_exporter_config_last_reload_successful") == 1
         assert await stop_process(exporter) < 5
     finally:
         await reap(exporter, simulator)
@@ -195,7 +190,7 @@ async def test_sighup_adds_an_account(tmp_path: Path) -> None:
 async def test_sigterm_while_polls_hang_exits_within_five_seconds(tmp_path: Path) -> None:
     simulator, exporter, sim_url, url, _ = await start_pair(tmp_path, interval="10s")
     try:
-        await wait_metrics(url, lambda t: 'koodrive_up{account="beta"} 1' in t)
+        await wait_metrics(url, lambda t: value(t, "koodrive_up", account="beta") == 1)
         async with aiohttp.ClientSession() as session:
             for name in ("acme", "beta"):
                 fault_url = f"{sim_url}/-/sim/accounts/{name}/fault"

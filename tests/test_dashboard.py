@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-from support import DASHBOARD, ROOT, RULES, dashboard_exprs, panels
+from support import DASHBOARD, ROOT, RULES, dashboard_exprs, panels, samples
 
 from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.core.exposition import Exposition
@@ -49,9 +48,7 @@ def exported_metric_names() -> set[str]:
     failed = Snapshot("a", 2.0, 0.1, "t", reason=Reason.AUTH, failures=(Reason.AUTH,))
     state.record(dataclasses.replace(failed, clock_skew=0.5))
     text = Exposition(state, clock=lambda: 1.5).render().decode()
-    return {
-        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
-    }
+    return {name for name, _ in samples(text)}
 
 
 def recorded_names() -> set[str]:

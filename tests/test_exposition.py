@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import os
 import platform
+import re
+import subprocess
+from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
+import pytest
+from support import ROOT, families, samples
 
 from exporter import __version__
+from exporter.core import metrics
 from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
-from exporter.core.exposition import Exposition
+from exporter.core.exposition import OPENMETRICS, TEXT, Exposition, Format
+from exporter.core.metrics import METRICS, Metric
 from exporter.core.model import Reason, Snapshot, UsageBytes
 from exporter.core.state import ExporterState
+
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_FILES = {
+    TEXT.name: GOLDEN / "metrics.prom",
+    OPENMETRICS.name: GOLDEN / "metrics.openmetrics",
+}
+# The build labels vary with the interpreter and the release; the golden files pin these.
+GOLDEN_BUILD = 'python_version="3.0.0",version="0.0.0"'
 
 
 class Clock:
@@ -30,11 +46,7 @@ class Scraper:
 
     def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         text = self.exposition.render().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and sample.labels == (labels or {}):
-                    return sample.value
-        return None
+        return samples(text).get((name, frozenset((labels or {}).items())))
 
 
 def registry_for(state: ExporterState, clock: Clock | None = None) -> Scraper:
@@ -112,10 +124,11 @@ def test_exposition_has_help_types_no_timestamps_and_escaped_labels() -> None:
     assert "# HELP koodrive_space_used_bytes" in text
     assert "cached" in text.lower()
     assert "# TYPE koodrive_poll_errors_total counter" in text
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            fields = line.rsplit("}", 1)[1].split() if "}" in line else line.split()[1:]
-            assert len(fields) == 1, line  # a value and no timestamp
+    parsed = families(text)
+    up = next(f for f in parsed if f.name == "koodrive_up")
+    assert [(s.labels, s.value) for s in up.samples] == [({"account": 'we"ird\\name\n'}, 1)]
+    assert all(f.documentation and f.type != "unknown" for f in parsed)
+    assert all(s.timestamp is None for f in parsed for s in f.samples)
 
 
 def test_stale_space_gauges_disappear_but_up_and_timestamp_stay() -> None:
@@ -134,6 +147,19 @@ def test_stale_space_gauges_disappear_but_up_and_timestamp_stay() -> None:
     assert registry.get_sample_value("koodrive_last_success_timestamp_seconds", a) == 1000.0
     state.record(ok("a", at=1181.0, used=6))
     assert registry.get_sample_value("koodrive_space_used_bytes", a) == 6
+
+
+def test_stale_gauges_leave_both_formats() -> None:
+    state = ExporterState(accounts("a", interval=60))
+    clock = Clock(1000.0)
+    exposition = Exposition(state, clock=clock, process_metrics=False)
+    state.record(ok("a", at=1000.0, used=5))
+    key = ("koodrive_space_used_bytes", frozenset({("account", "a")}))
+    om = exposition.render(OPENMETRICS).decode()
+    assert samples(om, openmetrics=True)[key] == 5
+    clock.now = 1180.5
+    assert key not in samples(exposition.render(OPENMETRICS).decode(), openmetrics=True)
+    assert key not in samples(exposition.render().decode())
 
 
 def test_clock_skew_and_reload_metrics() -> None:
@@ -165,15 +191,27 @@ def test_scrapes_reuse_the_rendered_bytes_until_something_changes() -> None:
     assert b'koodrive_space_used_bytes{account="a"} 5\n' in second
 
 
-def test_gzip_is_cached_and_decodes_to_the_plain_body() -> None:
-    import gzip
+def test_each_format_keeps_its_own_cached_body() -> None:
+    state = ExporterState(accounts("a"))
+    exposition = Exposition(state, clock=Clock(1000.0), process_metrics=False)
+    state.record(ok("a", at=999.0, used=5))
+    om = exposition.render(OPENMETRICS)
+    text = exposition.render(TEXT)
+    assert exposition.render(OPENMETRICS) is om
+    assert exposition.render(TEXT) is text
+    state.record(ok("a", at=999.5, used=6))
+    assert exposition.render(TEXT) is not text  # a change reaches both
+    assert b'koodrive_space_used_bytes{account="a"} 6\n' in exposition.render(OPENMETRICS)
 
+
+@pytest.mark.parametrize("fmt", [TEXT, OPENMETRICS], ids=lambda f: f.name)
+def test_gzip_is_cached_and_decodes_to_the_plain_body(fmt: Format) -> None:
     state = ExporterState(accounts("a"))
     state.record(ok("a", at=1.0, used=5))
     exposition = Exposition(state, clock=Clock(2.0), process_metrics=False)
-    packed = exposition.render(gzipped=True)
-    assert exposition.render(gzipped=True) is packed
-    assert gzip.decompress(packed) == exposition.render()
+    packed = exposition.render(fmt, gzipped=True)
+    assert exposition.render(fmt, gzipped=True) is packed
+    assert gzip.decompress(packed) == exposition.render(fmt)
 
 
 def test_a_poll_re_renders_only_its_chunk(monkeypatch) -> None:
@@ -191,23 +229,186 @@ def test_a_poll_re_renders_only_its_chunk(monkeypatch) -> None:
     state.record(ok(names[300], at=1.5, used=42))
     body = exposition.render().decode()
     assert calls == [names[300]]
-    assert f'koodrive_space_used_bytes{{account="{names[300]}"}} 42\n' in body
-    assert body.count("koodrive_space_used_bytes{") == len(names)
+    used = {k: v for k, v in samples(body).items() if k[0] == "koodrive_space_used_bytes"}
+    assert used[("koodrive_space_used_bytes", frozenset({("account", names[300])}))] == 42
+    assert len(used) == len(names)
+    assert exposition.render(OPENMETRICS)  # the other format needs no account re-rendered
+    assert calls == [names[300]]
 
 
 def test_large_exposition_passes_promtool(promtool: str) -> None:
-    import subprocess
-
     names = [f'tenant "{i}"\\x' for i in range(600)]
     state = ExporterState(accounts(*names))
     for i, name in enumerate(names):
         state.record(ok(name, at=1.0, used=i) if i % 3 else failed(name, Reason.AUTH))
-    text = Exposition(state, clock=Clock(2.0)).render().decode()
+    exposition = Exposition(state, clock=Clock(2.0))
+    text = exposition.render().decode()
     check = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
-    assert "process_resident_memory_bytes" in text
-    assert "koodrive_exporter_shard_accounts 600\n" in text
-    families = {f.name for f in text_string_to_metric_families(text)}
-    assert "koodrive_poll_errors" in families
+    parsed = samples(text)
+    assert parsed[("process_resident_memory_bytes", frozenset())] > 0
+    assert parsed[("koodrive_exporter_shard_accounts", frozenset())] == 600
+    assert {f.name for f in families(text)} >= {
+        "koodrive_poll_errors",
+        "python_gc_objects_collected",
+    }
+    om = exposition.render(OPENMETRICS).decode()
+    assert om.endswith("\n# EOF\n")
+    assert om.count("# EOF") == 1  # prometheus_client's own EOF is dropped
+    om_samples = samples(om, openmetrics=True)
+    koodrive = {k: v for k, v in parsed.items() if k[0].startswith("koodrive_")}
+    assert koodrive.items() <= om_samples.items()
+    assert ("process_cpu_seconds_total", frozenset()) in om_samples
+
+
+# --- OpenMetrics ----------------------------------------------------------------------
+
+
+def test_openmetrics_metadata_follows_the_spec() -> None:
+    state = ExporterState(accounts("a"))
+    state.record(failed("a", Reason.AUTH))
+    text = Exposition(state, clock=Clock(2.0), process_metrics=False).render(OPENMETRICS).decode()
+    assert text.startswith(
+        "# HELP koodrive_space_capacity_bytes Total space quota (totalCapacity) in bytes."
+    )
+    assert (
+        "# TYPE koodrive_space_capacity_bytes gauge\n# UNIT koodrive_space_capacity_bytes bytes\n"
+        in text
+    )
+    assert "# TYPE koodrive_poll_errors counter\n" in text
+    assert "# TYPE koodrive_poll_errors_total" not in text
+    assert 'koodrive_poll_errors_total{account="a",reason="auth"} 1\n' in text
+    assert "# UNIT koodrive_up" not in text
+    assert text.endswith("koodrive_exporter_shard_accounts 1\n# EOF\n")
+    parsed = {f.name: f for f in families(text, openmetrics=True)}
+    for metric in METRICS:
+        family = parsed[metric.family]
+        assert (family.type, family.unit, family.documentation) == (
+            metric.type,
+            metric.unit,
+            metric.help,
+        )
+
+
+def test_openmetrics_help_escapes_quotes() -> None:
+    from exporter.core.exposition import header
+
+    metric = Metric("x_seconds", "gauge", 'a "b" \\ c\nd', lambda _: 1, unit="seconds")
+    assert header(metric, openmetrics=False) == (
+        '# HELP x_seconds a "b" \\\\ c\\nd\n# TYPE x_seconds gauge\n'
+    )
+    assert header(metric, openmetrics=True) == (
+        '# HELP x_seconds a \\"b\\" \\\\ c\\nd\n# TYPE x_seconds gauge\n# UNIT x_seconds seconds\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (Metric("a_bytes", "gauge", "h", lambda _: 1, unit="seconds"), "suffix"),
+        (Metric("a_total", "gauge", "h", lambda _: 1), "_total"),
+        (Metric("a", "counter", "h", lambda _: 1), "_total"),
+        (Metric("a", "gauge", "h", lambda _: 1, stale=True), "stale"),
+    ],
+)
+def test_the_table_refuses_what_the_formats_cannot_express(row: Metric, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        metrics._check((row,))
+
+
+# --- golden files ---------------------------------------------------------------------
+
+GOLDEN_NOW = 1_700_000_000.0
+
+
+def golden_state() -> ExporterState:
+    """One account up, one down with errors of two reasons, one stale, one never polled."""
+    state = ExporterState(accounts("up", "down", "stale", "never"), loaded_at=GOLDEN_NOW - 3600)
+    usage = UsageBytes(allocated=2 * 2**30, capacity=100 * 2**30, used=37_580_963_840)
+    state.record(
+        Snapshot("up", GOLDEN_NOW - 20, 0.031, "t", usage=usage, clock_skew=-0.75, attempts=1)
+    )
+    state.record(Snapshot("down", GOLDEN_NOW - 80, 0.12, "t", usage=usage))
+    state.record(
+        Snapshot(
+            "down",
+            GOLDEN_NOW - 20,
+            9.5,
+            "t",
+            reason=Reason.TIMEOUT,
+            detail="x",
+            failures=(Reason.CONNECTION, Reason.TIMEOUT),
+            attempts=2,
+        )
+    )
+    state.record(Snapshot("stale", GOLDEN_NOW - 600, 0.4, "t", usage=usage))  # stale after 180 s
+    state.record(failed("stale", Reason.AUTH, at=GOLDEN_NOW - 30, duration=0.05))
+    return state
+
+
+def golden_text(fmt: Format) -> str:
+    exposition = Exposition(golden_state(), clock=Clock(GOLDEN_NOW), process_metrics=False)
+    text = exposition.render(fmt).decode()
+    build = f'python_version="{platform.python_version()}",version="{__version__}"'
+    assert text.count(build) == 1
+    return text.replace(build, GOLDEN_BUILD)
+
+
+@pytest.mark.parametrize("fmt", [TEXT, OPENMETRICS], ids=lambda f: f.name)
+def test_golden_file(fmt: Format) -> None:
+    """UPDATE_GOLDEN=1 rewrites the file; review its diff like code."""
+    path = GOLDEN_FILES[fmt.name]
+    text = golden_text(fmt)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8"), f"{path} differs: UPDATE_GOLDEN=1 rewrites it"
+
+
+def test_golden_text_passes_promtool_and_the_parser(promtool: str) -> None:
+    text = GOLDEN_FILES[TEXT.name].read_text(encoding="utf-8")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+    parsed = samples(text)
+    assert parsed[("koodrive_up", frozenset({("account", "up")}))] == 1
+    assert parsed[("koodrive_up", frozenset({("account", "down")}))] == 0
+    errors = {dict(k[1])["reason"]: v for k, v in parsed.items() if k[0].endswith("errors_total")}
+    assert errors == {"connection": 1, "timeout": 1, "auth": 1}
+    stale = ("koodrive_space_used_bytes", frozenset({("account", "stale")}))
+    assert stale not in parsed
+    assert parsed[("koodrive_last_success_timestamp_seconds", stale[1])] == GOLDEN_NOW - 600
+    assert not [k for k in parsed if ("account", "never") in k[1]]
+
+
+def test_golden_openmetrics_passes_the_openmetrics_parser() -> None:
+    text = GOLDEN_FILES[OPENMETRICS.name].read_text(encoding="utf-8")
+    parsed = samples(text, openmetrics=True)
+    assert parsed == samples(GOLDEN_FILES[TEXT.name].read_text(encoding="utf-8"))
+    assert text.endswith("# EOF\n")
+
+
+# --- the README's metrics reference ---------------------------------------------------
+
+ROW = re.compile(r"^\| `(koodrive_\w+)` \|([^|]*)\|([^|]*)\|([^|]*)\|(.*)\|$")
+
+
+def readme_rows() -> list[tuple[str, str, str, tuple[str, ...], str]]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Metrics reference\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if match := ROW.match(line):
+            name, kind, unit, labels, text = (part.strip() for part in match.groups())
+            rows.append((name, kind, unit, tuple(filter(None, labels.split(", "))), text))
+    return rows
+
+
+def test_readme_metrics_reference_matches_the_table() -> None:
+    table = [(m.name, m.type, m.unit, m.labels, m.help) for m in METRICS]
+    expected = "\n".join(
+        f"| `{m.name}` | {m.type} | {m.unit} | {', '.join(m.labels)} | {m.help} |" for m in METRICS
+    )
+    assert readme_rows() == table, f"README's metrics reference should read:\n{expected}"

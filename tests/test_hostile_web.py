@@ -139,7 +139,7 @@ async def test_pending_tls_connections_cost_little_memory(tmp_path: Path) -> Non
 
 async def test_new_connection_is_refused_when_every_connection_is_busy(tmp_path: Path) -> None:
     async with serving(tmp_path, "", max_connections=3, write_timeout=5) as served:
-        served.app[EXPOSITION].render = lambda gzipped=False: b"#" * (16 << 20)  # type: ignore[method-assign]
+        served.app[EXPOSITION].render = lambda *_, gzipped=False: b"#" * (16 << 20)  # type: ignore[method-assign]
         stalled = []
         for _ in range(3):  # three scrapes that never read: busy until the write deadline
             reader, writer = await open_raw(served, rcvbuf=4096)
@@ -213,7 +213,7 @@ async def test_scrape_slot_is_held_until_the_body_is_written(tmp_path: Path) -> 
     """Real non-reading clients fill --web.max-requests; the next scrape gets 503."""
     big = b"#" * (8 << 20)
     async with serving(tmp_path, "", max_requests=5, write_timeout=1.0) as served:
-        served.app[EXPOSITION].render = lambda gzipped=False: big  # type: ignore[method-assign]
+        served.app[EXPOSITION].render = lambda *_, gzipped=False: big  # type: ignore[method-assign]
         guard = served.app[GUARD]
         stalled = []
         for _ in range(5):

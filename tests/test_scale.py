@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
-from support import matrix_config, parse_metrics
+from support import matrix_config, samples
 
 from exporter.core.config import load_config
 from exporter.log import make_logger
@@ -49,12 +49,14 @@ async def test_two_thousand_accounts_in_three_shards(tmp_path: Path) -> None:
         assert sum(len(shard) for shard in owned) == ACCOUNTS
         assert set().union(*owned) == set(names)
         for client, shard in zip(clients, owned, strict=True):
-            text = await (await client.get("/metrics")).text()
-            assert f"koodrive_exporter_shard_accounts {len(shard)}\n" in text
-            samples = parse_metrics(text)
-            up = {key for (name, key), value in samples.items() if name == "koodrive_up"}
-            assert up == shard
-            assert all(samples[("koodrive_up", account)] == 1 for account in shard)
+            parsed = samples(await (await client.get("/metrics")).text())
+            assert parsed[("koodrive_exporter_shard_accounts", frozenset())] == len(shard)
+            up = {
+                dict(labels)["account"]: value
+                for (name, labels), value in parsed.items()
+                if name == "koodrive_up"
+            }
+            assert up == dict.fromkeys(shard, 1)
 
         # No account starves: within two more intervals every account is polled again.
         await asyncio.sleep(2 * 3.0)

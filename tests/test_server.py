@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from support import FakeSource, account
+from support import FakeSource, account, samples, value
 
 from exporter import __version__
 from exporter.core.config import Config
@@ -17,7 +17,20 @@ from exporter.web.server import (
     check_telemetry_path,
     create_app,
     parse_listen_address,
+    wants_openmetrics,
 )
+
+PROMETHEUS_3 = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+    "application/openmetrics-text;version=0.0.1;q=0.5,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+PROMETHEUS_2 = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 def app_with(source: FakeSource, logs, accounts, **settings):
@@ -48,11 +61,11 @@ async def test_health_readiness_and_metrics(aiohttp_client, logs) -> None:
     assert metrics.status == 200
     assert metrics.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = await metrics.text()
-    assert 'koodrive_space_used_bytes{account="fast"} 5000' in text
-    assert 'koodrive_space_capacity_bytes{account="slow"} 10000' in text
-    assert 'koodrive_up{account="slow"} 1' in text
-    assert "process_resident_memory_bytes" in text
-    assert "python_gc_objects_collected_total" in text
+    assert value(text, "koodrive_space_used_bytes", account="fast") == 5000
+    assert value(text, "koodrive_space_capacity_bytes", account="slow") == 10000
+    assert value(text, "koodrive_up", account="slow") == 1
+    assert value(text, "process_resident_memory_bytes") > 0
+    assert value(text, "python_gc_objects_collected_total", generation="0") is not None
 
 
 async def test_scrapes_never_wait_for_a_hung_upstream(aiohttp_client, logs) -> None:
@@ -169,8 +182,85 @@ async def test_gzip_scrape(aiohttp_client, logs) -> None:
         "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
     )
     assert response.headers["Content-Encoding"] == "gzip"
-    assert response.headers["Vary"] == "Accept-Encoding"
+    assert response.headers["Vary"] == "Accept, Accept-Encoding"
     text = gzip_module.decompress(await response.read()).decode()
-    assert 'koodrive_up{account="a"} 1' in text
+    assert value(text, "koodrive_up", account="a") == 1
     plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
     assert "Content-Encoding" not in plain.headers
+
+
+@pytest.mark.parametrize(
+    ("header", "openmetrics"),
+    [
+        (PROMETHEUS_2, True),
+        # OpenMetrics 1.0.0 at q=0.6 (escaping is moot for legacy names) over text at q=0.3.
+        (PROMETHEUS_3, True),
+        ("application/openmetrics-text", True),
+        ("application/openmetrics-text; version=1.0.0; charset=utf-8", True),
+        ("Application/OpenMetrics-Text;Version=1.0.0", True),
+        ("application/openmetrics-text;version=0.0.1", False),
+        ("application/openmetrics-text;version=1.0.0;charset=latin1", False),
+        ("application/openmetrics-text;q=0, */*", False),
+        ("application/openmetrics-text;q=0.5, text/plain;q=0.4", True),
+        ("text/plain;q=0.4, application/openmetrics-text;q=0.5", True),
+        ("text/plain, application/openmetrics-text", False),  # a tie keeps the text format
+        ("*/*;q=0.5, text/plain;q=0", True),
+        ("application/*", True),
+        ("application/openmetrics-text;q=junk", False),
+        ("application/openmetrics-text;q=2", False),
+        ("*/*", False),
+        ("text/plain;version=0.0.4", False),
+        ("", False),
+        (",;=,/", False),
+    ],
+)
+def test_wants_openmetrics(header: str, openmetrics: bool) -> None:
+    assert wants_openmetrics(header) is openmetrics
+
+
+async def test_openmetrics_scrape_plain_and_gzipped(aiohttp_client, logs) -> None:
+    import gzip as gzip_module
+
+    source = FakeSource()
+    source.behaviour["b"] = FetchError(Reason.AUTH, "HTTP 401")
+    accounts = [account("a", interval=5), account("b", interval=5)]
+    client = await aiohttp_client(app_with(source, logs, accounts, startup_window=0.01))
+    for _ in range(100):
+        if (await client.get("/-/ready")).status == 200:
+            break
+        await asyncio.sleep(0.02)
+
+    response = await client.get("/metrics", headers={"Accept": PROMETHEUS_2})
+    assert response.headers["Content-Type"] == OPENMETRICS_TYPE
+    assert response.headers["Vary"] == "Accept, Accept-Encoding"
+    text = await response.text()
+    assert text.startswith("# HELP koodrive_space_capacity_bytes ")
+    assert text.endswith("# EOF\n")
+    assert "# TYPE koodrive_poll_errors counter\n" in text
+    parsed = samples(text, openmetrics=True)
+    assert parsed[("koodrive_up", frozenset({("account", "a")}))] == 1
+    errors = ("koodrive_poll_errors_total", frozenset({("account", "b"), ("reason", "auth")}))
+    assert parsed[errors] >= 1
+    assert ("process_cpu_seconds_total", frozenset()) in parsed
+
+    packed = await client.get(
+        "/metrics",
+        headers={"Accept": PROMETHEUS_2, "Accept-Encoding": "gzip"},
+        auto_decompress=False,
+    )
+    assert packed.headers["Content-Type"] == OPENMETRICS_TYPE
+    assert packed.headers["Content-Encoding"] == "gzip"
+    unpacked = gzip_module.decompress(await packed.read()).decode()
+    assert samples(unpacked, openmetrics=True)[errors] >= 1
+
+    prometheus_3 = await client.get("/metrics", headers={"Accept": PROMETHEUS_3})
+    assert prometheus_3.headers["Content-Type"] == OPENMETRICS_TYPE
+    assert (await prometheus_3.text()).endswith("# EOF\n")
+
+    for accept in ("*/*", None):
+        headers = {"Accept": accept} if accept else {}
+        text_response = await client.get("/metrics", headers=headers)
+        assert text_response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        body = await text_response.text()
+        assert "# EOF" not in body
+        assert value(body, "koodrive_up", account="b") == 0

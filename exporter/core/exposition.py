@@ -3,10 +3,16 @@
 prometheus_client renders the whole registry on every scrape (13 ms for 1,000 accounts on
 the reference machine, synchronously on the event loop). Here each account's lines are
 rendered when its snapshot changes, in chunks of CHUNK accounts, so a poll re-renders one
-chunk and a scrape only joins ready-made bytes. Space gauges leave the body when they go
-stale, which a deadline heap notices without looking at every account. The process and GC
+chunk and a scrape only joins ready-made bytes. Metrics the table marks `stale` leave the
+body once their account's last success is older than its stale_after, which a deadline heap
+notices without looking at every account. The process and GC
 metrics come from prometheus_client's own collectors, refreshed at most once a second.
-The text follows the Prometheus exposition format 0.0.4; samples carry no timestamps.
+
+What is rendered comes from the table in `metrics.py`. Two formats share the sample lines,
+which are the same in both: the Prometheus text format 0.0.4, and OpenMetrics 1.0.0, which
+differs only in its metadata (a counter's family drops `_total`, `# UNIT` lines, quotes
+escaped in HELP) and its closing `# EOF`. Each format keeps its own joined body and gzip,
+built on the first scrape that wants it. Samples carry no timestamps.
 """
 
 from __future__ import annotations
@@ -14,114 +20,52 @@ from __future__ import annotations
 import gzip
 import heapq
 import math
-import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.process_collector import ProcessCollector
 
-from .. import __version__
-from .state import AccountState, ExporterState
+from .metrics import ACCOUNT_METRICS, GLOBAL_METRICS, Metric, Number
+from .state import AccountState, DurationHistogram, ExporterState
 
 CHUNK = 256
 PROCESS_TTL = 1.0
 GZIP_LEVEL = 6
-CACHED = "Cached from the last successful poll of the space usage overview"
-STALE = "dropped when that poll is older than stale_after"
-REASONS = (
-    "timeout, connection, tls, auth, rate_limited, http_error, api_error, invalid_response, "
-    "internal"
-)
+EOF = b"# EOF\n"
 
 
 @dataclass(frozen=True, slots=True)
-class Family:
+class Format:
+    """A body the scrape handler can ask for; the server sends `content_type` with it."""
+
     name: str
-    kind: str
-    help: str
-
-    def header(self) -> str:
-        text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
-        return f"# HELP {self.name} {text}\n# TYPE {self.name} {self.kind}\n"
+    content_type: str
+    openmetrics: bool
 
 
-# The per-account families, in output order. The first three are the space gauges.
-CAPACITY = Family(
-    "koodrive_space_capacity_bytes",
-    "gauge",
-    f"Total space quota (totalCapacity) in bytes. {CACHED}; {STALE}.",
-)
-USED = Family(
-    "koodrive_space_used_bytes",
-    "gauge",
-    f"Total space used (totalUsed) in bytes; may exceed capacity. {CACHED}; {STALE}.",
-)
-ALLOCATED = Family(
-    "koodrive_space_allocated_bytes",
-    "gauge",
-    f"Total space allocated to users and departments (totalAllocation) in bytes. "
-    f"{CACHED}; {STALE}.",
-)
-UP = Family("koodrive_up", "gauge", "1 if the last poll of the account succeeded, 0 otherwise.")
-LAST_SUCCESS = Family(
-    "koodrive_last_success_timestamp_seconds",
-    "gauge",
-    "Unix time when the last successful poll of the account started.",
-)
-LAST_DURATION = Family(
-    "koodrive_last_poll_duration_seconds",
-    "gauge",
-    "Duration of the last poll of the account, retries included, successful or not.",
-)
-SKEW = Family(
-    "koodrive_clock_skew_seconds",
-    "gauge",
-    "Server minus local clock, estimated from the Date header of KooDrive responses; "
-    "X-Date is signed with the corrected time.",
-)
-ERRORS = Family(
-    "koodrive_poll_errors_total",
-    "counter",
-    f"Failed requests, retries included, by reason ({REASONS}).",
-)
-ACCOUNT_FAMILIES = (CAPACITY, USED, ALLOCATED, UP, LAST_SUCCESS, LAST_DURATION, SKEW, ERRORS)
-SPACE = 3  # ACCOUNT_FAMILIES[:SPACE] go stale
+TEXT = Format("text", CONTENT_TYPE_PLAIN_0_0_4, openmetrics=False)
+OPENMETRICS = Format("openmetrics", openmetrics_exposition.CONTENT_TYPE_LATEST, openmetrics=True)
 
-DURATION = Family(
-    "koodrive_poll_duration_seconds",
-    "histogram",
-    "Duration of polls of the space usage overview, all accounts, retries included.",
-)
-BUILD = Family(
-    "koodrive_exporter_build_info",
-    "gauge",
-    "Always 1; labels tell the exporter and Python versions.",
-)
-RELOAD_OK = Family(
-    "koodrive_exporter_config_last_reload_successful",
-    "gauge",
-    "1 if the last configuration reload succeeded (or none was tried), 0 otherwise.",
-)
-RELOAD_TIME = Family(
-    "koodrive_exporter_config_last_reload_success_timestamp_seconds",
-    "gauge",
-    "Unix time of the last successful configuration load or reload.",
-)
-SHARD = Family(
-    "koodrive_exporter_shard_accounts",
-    "gauge",
-    "Accounts this replica polls (all configured accounts when not sharded).",
-)
+
+def header(metric: Metric, openmetrics: bool) -> str:
+    """HELP and TYPE (and UNIT) lines: OpenMetrics names the family and escapes quotes."""
+    text = metric.help.replace("\\", "\\\\").replace("\n", "\\n")
+    if not openmetrics:
+        return f"# HELP {metric.name} {text}\n# TYPE {metric.name} {metric.type}\n"
+    name, text = metric.family, text.replace('"', '\\"')
+    lines = f"# HELP {name} {text}\n# TYPE {name} {metric.type}\n"
+    return lines + (f"# UNIT {name} {metric.unit}\n" if metric.unit else "")
 
 
 def label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def number(value: float) -> str:
+def number(value: Number) -> str:
     """Integers exactly (byte counts above 2^53 stay exact), floats as Python's repr."""
     if isinstance(value, int):
         return str(value)
@@ -132,91 +76,154 @@ def number(value: float) -> str:
     return repr(value)
 
 
+def labelled(name: str, head: str, labels: tuple[str, ...], values: Mapping) -> str:
+    """Lines of a metric with `labels` after `head` (its "{" and any labels before those)."""
+    return "".join(
+        f"{name}{head}"
+        + ",".join(f'{label}="{label_value(v)}"' for label, v in zip(labels, key, strict=True))
+        + f"}} {number(count)}\n"
+        for key, count in values.items()
+    )
+
+
+_NOTHING = ("",) * len(ACCOUNT_METRICS)
+# Per row of ACCOUNT_METRICS: its name, its source, and its labels beyond `account`; read
+# once here because account_lines runs for every account on a relayout.
+_ROWS = tuple((metric.name, metric.value, metric.labels[1:]) for metric in ACCOUNT_METRICS)
+
+
 def account_lines(name: str, account: AccountState) -> tuple[str, ...]:
-    """One string per family in ACCOUNT_FAMILIES: this account's lines for it, or ""."""
-    last = account.last
-    if last is None:
-        return ("",) * len(ACCOUNT_FAMILIES)
-    label = f'{{account="{label_value(name)}"}} '
-    success = account.last_success
-    usage = success.usage if success is not None else None
-    errors = "".join(
-        f'{ERRORS.name}{{account="{label_value(name)}",reason="{reason.value}"}} {count}\n'
-        for reason, count in account.errors.items()
+    """One string per row of ACCOUNT_METRICS: this account's lines for it, or ""."""
+    if account.last is None:  # never polled: every source would say None anyway
+        return _NOTHING
+    head = f'{{account="{label_value(name)}"'
+    lines: list[str] = []
+    append = lines.append
+    for metric, source, extra in _ROWS:
+        value = source(account)
+        if value is None:
+            append("")
+        elif extra:
+            append(labelled(metric, head + ",", extra, value))
+        elif value - value == 0:  # finite: str() is exact for ints and repr() for floats
+            append(f"{metric}{head}}} {value}\n")
+        else:
+            append(f"{metric}{head}}} {number(value)}\n")
+    return tuple(lines)
+
+
+def global_text(state: ExporterState, headers: tuple[str, ...]) -> str:
+    """The exporter-wide metrics, each after its header (`headers` follows GLOBAL_METRICS)."""
+    parts: list[str] = []
+    for metric, head in zip(GLOBAL_METRICS, headers, strict=True):
+        parts.append(head)
+        value = metric.value(state)
+        if isinstance(value, DurationHistogram):
+            name = metric.name
+            parts += [f'{name}_bucket{{le="{le}"}} {count}\n' for le, count in value.cumulative()]
+            parts.append(f"{name}_sum {number(value.total)}\n")
+            parts.append(f"{name}_count {sum(value.counts)}\n")
+        elif isinstance(value, Mapping):
+            parts.append(labelled(metric.name, "{", metric.labels, value))
+        elif value is not None:
+            parts.append(f"{metric.name} {number(value)}\n")
+    return "".join(parts)
+
+
+class _Body:
+    """One format's joined body, its gzip, its share of the process metrics, and its headers."""
+
+    __slots__ = (
+        "account_headers",
+        "body",
+        "format",
+        "generation",
+        "global_headers",
+        "gzipped",
+        "process",
+        "process_until",
+        "until",
+        "version",
     )
-    return (
-        f"{CAPACITY.name}{label}{usage.capacity}\n" if usage else "",
-        f"{USED.name}{label}{usage.used}\n" if usage else "",
-        f"{ALLOCATED.name}{label}{usage.allocated}\n" if usage else "",
-        f"{UP.name}{label}{1 if last.ok else 0}\n",
-        f"{LAST_SUCCESS.name}{label}{number(success.started_at)}\n" if success else "",
-        f"{LAST_DURATION.name}{label}{number(last.duration)}\n",
-        f"{SKEW.name}{label}{number(last.clock_skew)}\n" if last.clock_skew is not None else "",
-        errors,
-    )
+
+    def __init__(self, fmt: Format) -> None:
+        self.format = fmt
+        self.account_headers = [header(m, fmt.openmetrics).encode() for m in ACCOUNT_METRICS]
+        self.global_headers = tuple(header(m, fmt.openmetrics) for m in GLOBAL_METRICS)
+        self.body = b""
+        self.gzipped: bytes | None = None
+        # The body is good while the state's version is `version` and the clock is before
+        # `until` (a stale deadline or the next process metrics refresh, whichever is first).
+        self.version = -1
+        self.until = 0.0
+        self.generation = -1
+        self.process = b""
+        self.process_until = 0.0
 
 
 class Exposition:
-    """Owns the cached body; `render()` returns it, rebuilding only what changed."""
+    """Owns the cached bodies; `render()` returns one, rebuilding only what changed."""
 
     def __init__(
         self,
         state: ExporterState,
         *,
         clock: Callable[[], float] = time.time,
-        shard_accounts: Callable[[], int] | None = None,
         process_metrics: bool = True,
     ) -> None:
         self._state = state
         self._clock = clock
-        self._shard_accounts = shard_accounts
         self._process = CollectorRegistry(auto_describe=False)
         if process_metrics:
             ProcessCollector(registry=self._process)
             GCCollector(registry=self._process)
-        self._process_bytes = b""
-        self._process_until = 0.0
         self._layout = -1
         self._version = -1
+        self._generation = 0  # bumped whenever the shared chunks or global values change
         self._names: list[str] = []
         self._index: dict[str, int] = {}
         self._lines: list[tuple[str, ...]] = []
-        self._chunks: list[list[bytes]] = []  # [family][chunk] -> bytes
+        self._deadlines: list[float] = []
+        self._chunks: list[list[bytes]] = []  # [metric][chunk] -> bytes, shared by formats
         self._dirty: set[int] = set()
         self._stale_heap: list[tuple[float, str]] = []
-        self._body = b""
-        self._gzipped: bytes | None = None
         self._valid_until = 0.0
-        self._headers = [family.header().encode() for family in ACCOUNT_FAMILIES]
-        self._build_line = (
-            BUILD.header() + f'{BUILD.name}{{python_version="{platform.python_version()}",'
-            f'version="{label_value(__version__)}"}} 1\n'
-        )
+        self._stale = tuple(metric.stale for metric in ACCOUNT_METRICS)
+        self._bodies = (_Body(TEXT), _Body(OPENMETRICS))  # indexed by Format.openmetrics
 
-    def render(self, *, gzipped: bool = False) -> bytes:
+    def render(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
         now = self._clock()
+        cache = self._bodies[fmt.openmetrics]
+        if now >= cache.until or cache.version != self._state.version:
+            self._catch_up(cache, now)
+        if not gzipped:
+            return cache.body
+        if cache.gzipped is None:
+            cache.gzipped = gzip.compress(cache.body, compresslevel=GZIP_LEVEL, mtime=0)
+        return cache.gzipped
+
+    def _catch_up(self, cache: _Body, now: float) -> None:
         state = self._state
         if (
             state.layout != self._layout
             or state.version != self._version
             or now > self._valid_until
-            or now >= self._process_until
         ):
-            self._rebuild(now)
-        if not gzipped:
-            return self._body
-        if self._gzipped is None:
-            self._gzipped = gzip.compress(self._body, compresslevel=GZIP_LEVEL, mtime=0)
-        return self._gzipped
+            self._update(now)
+        if cache.generation != self._generation or now >= cache.process_until:
+            self._assemble(cache, now)
+        cache.version = state.version
+        cache.until = min(cache.process_until, self._valid_until)
 
-    def _rebuild(self, now: float) -> None:
+    def _update(self, now: float) -> None:
         state = self._state
         if state.layout != self._layout:
-            self._relayout(now)
-        for name in state.changed:
-            index = self._index.get(name)
-            if index is not None:
-                self._refresh(index, now)
+            self._relayout(now)  # which reads every account, changed or not
+        else:
+            for name in state.changed:
+                index = self._index.get(name)
+                if index is not None:
+                    self._refresh(index, now)
         state.changed.clear()
         while self._stale_heap and self._stale_heap[0][0] < now:
             _, name = heapq.heappop(self._stale_heap)
@@ -226,68 +233,68 @@ class Exposition:
         for chunk in self._dirty:
             self._render_chunk(chunk, now)
         self._dirty.clear()
-        if now >= self._process_until:
-            self._process_bytes = generate_latest(self._process)
-            self._process_until = now + PROCESS_TTL
-        parts: list[bytes] = []
-        for header, chunks in zip(self._headers, self._chunks, strict=True):
-            parts.append(header)
-            parts.extend(chunks)
-        parts.append(self._global_text().encode())
-        parts.append(self._process_bytes)
-        self._body = b"".join(parts)
-        self._gzipped = None
+        self._generation += 1
         self._layout, self._version = state.layout, state.version
         self._valid_until = self._stale_heap[0][0] if self._stale_heap else math.inf
 
+    def _assemble(self, cache: _Body, now: float) -> None:
+        openmetrics = cache.format.openmetrics
+        if now >= cache.process_until:
+            if openmetrics:  # its own # EOF goes; the body ends with one
+                cache.process = openmetrics_exposition.generate_latest(self._process)
+                cache.process = cache.process.removesuffix(EOF)
+            else:
+                cache.process = generate_latest(self._process)
+            cache.process_until = now + PROCESS_TTL
+        parts: list[bytes] = []
+        for head, chunks in zip(cache.account_headers, self._chunks, strict=True):
+            parts.append(head)
+            parts.extend(chunks)
+        parts.append(global_text(self._state, cache.global_headers).encode())
+        parts.append(cache.process)
+        if openmetrics:
+            parts.append(EOF)
+        cache.body = b"".join(parts)
+        cache.gzipped = None
+        cache.generation = self._generation
+
     def _relayout(self, now: float) -> None:
-        self._names = list(self._state.accounts)
+        accounts = self._state.accounts
+        self._names = list(accounts)
         self._index = {name: i for i, name in enumerate(self._names)}
-        self._lines = [("",) * len(ACCOUNT_FAMILIES)] * len(self._names)
+        self._lines = [account_lines(name, account) for name, account in accounts.items()]
+        self._deadlines = [_deadline(account) for account in accounts.values()]
         chunks = (len(self._names) + CHUNK - 1) // CHUNK
-        self._chunks = [[b""] * chunks for _ in ACCOUNT_FAMILIES]
-        self._stale_heap = []
-        for index in range(len(self._names)):
-            self._refresh(index, now)
+        self._chunks = [[b""] * chunks for _ in ACCOUNT_METRICS]
+        # A passed deadline is not pushed: that account renders stale right away.
+        self._stale_heap = [
+            (deadline, name)
+            for name, deadline in zip(self._names, self._deadlines, strict=True)
+            if deadline >= now
+        ]
+        heapq.heapify(self._stale_heap)
+        self._dirty.update(range(chunks))
 
     def _refresh(self, index: int, now: float) -> None:
         name = self._names[index]
         account = self._state.accounts[name]
         self._lines[index] = account_lines(name, account)
-        deadline = account.space_deadline()
-        if deadline is not None and deadline >= now:  # a passed one renders stale right away
+        self._deadlines[index] = deadline = _deadline(account)
+        if deadline >= now:
             heapq.heappush(self._stale_heap, (deadline, name))
         self._dirty.add(index // CHUNK)
 
     def _render_chunk(self, chunk: int, now: float) -> None:
-        rows = range(chunk * CHUNK, min((chunk + 1) * CHUNK, len(self._names)))
-        for family in range(len(ACCOUNT_FAMILIES)):
-            pieces = []
-            for index in rows:
-                if family < SPACE and not self._is_fresh(index, now):
-                    continue
-                pieces.append(self._lines[index][family])
+        rows = slice(chunk * CHUNK, (chunk + 1) * CHUNK)
+        lines = self._lines[rows]
+        deadlines = self._deadlines[rows]
+        fresh = [row for row, deadline in zip(lines, deadlines, strict=True) if now <= deadline]
+        for family, stale in enumerate(self._stale):
+            pieces = [row[family] for row in (fresh if stale else lines)]
             self._chunks[family][chunk] = "".join(pieces).encode()
 
-    def _is_fresh(self, index: int, now: float) -> bool:
-        deadline = self._state.accounts[self._names[index]].space_deadline()
-        return deadline is not None and now <= deadline
 
-    def _global_text(self) -> str:
-        state = self._state
-        histogram = state.poll_duration
-        lines = [DURATION.header()]
-        lines += [
-            f'{DURATION.name}_bucket{{le="{le}"}} {count}\n' for le, count in histogram.cumulative()
-        ]
-        lines.append(f"{DURATION.name}_sum {number(histogram.total)}\n")
-        lines.append(f"{DURATION.name}_count {sum(histogram.counts)}\n")
-        lines.append(self._build_line)
-        lines.append(RELOAD_OK.header())
-        lines.append(f"{RELOAD_OK.name} {1 if state.reload.successful else 0}\n")
-        lines.append(RELOAD_TIME.header())
-        lines.append(f"{RELOAD_TIME.name} {number(state.reload.last_success)}\n")
-        owned = self._shard_accounts() if self._shard_accounts else len(state.accounts)
-        lines.append(SHARD.header())
-        lines.append(f"{SHARD.name} {owned}\n")
-        return "".join(lines)
+def _deadline(account: AccountState) -> float:
+    """Until when the account's stale metrics may be shown; -inf when they never may."""
+    deadline = account.space_deadline()
+    return -math.inf if deadline is None else deadline

@@ -17,11 +17,10 @@ from types import MappingProxyType
 import aiohttp
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from .. import __version__
 from ..core.config import Config, ConfigError, load_config
-from ..core.exposition import Exposition
+from ..core.exposition import OPENMETRICS, TEXT, Exposition
 from ..core.poller import OverviewSource, Poller
 from ..core.sharding import owned
 from ..core.state import AccountState, ExporterState
@@ -243,14 +242,28 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
-_PLAIN = MappingProxyType({"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "Vary": "Accept-Encoding"})
-_GZIPPED = MappingProxyType({**_PLAIN, "Content-Encoding": "gzip"})
+# Per (OpenMetrics?, gzipped?): the body depends on Accept and Accept-Encoding, so caches must
+# key on both.
+_HEADERS = MappingProxyType(
+    {
+        (fmt.openmetrics, gzipped): MappingProxyType(
+            {
+                "Content-Type": fmt.content_type,
+                "Vary": "Accept, Accept-Encoding",
+                **({"Content-Encoding": "gzip"} if gzipped else {}),
+            }
+        )
+        for fmt in (TEXT, OPENMETRICS)
+        for gzipped in (False, True)
+    }
+)
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
+    fmt = OPENMETRICS if wants_openmetrics(request.headers.get("Accept", "")) else TEXT
     gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
-    body = request.app[EXPOSITION].render(gzipped=gzipped)
-    response = web.StreamResponse(headers=_GZIPPED if gzipped else _PLAIN)
+    body = request.app[EXPOSITION].render(fmt, gzipped=gzipped)
+    response = web.StreamResponse(headers=_HEADERS[fmt.openmetrics, gzipped])
     return await request.app[GUARD].send_body(request, response, body)
 
 
@@ -266,6 +279,71 @@ def accepts_gzip(header: str) -> bool:
         except ValueError:
             return False
     return False
+
+
+# The two bodies on offer, as (type, subtype, parameters) for matching Accept's media ranges.
+_OPENMETRICS_OFFER = ("application", "openmetrics-text", {"version": "1.0.0", "charset": "utf-8"})
+_TEXT_OFFER = ("text", "plain", {"version": "0.0.4", "charset": "utf-8"})
+# Media-range parameters every body here satisfies, whatever their value.
+_ANY = frozenset({"escaping"})
+
+
+def wants_openmetrics(header: str) -> bool:
+    """True when Accept ranks OpenMetrics 1.0.0 strictly above the 0.0.4 text.
+
+    Each body gets the q of the most specific media range matching it (RFC 9110, 12.5.1),
+    and a range matches only when each of its parameters is one the body has: a range
+    asking for another version is not an offer for it. `escaping` is always satisfied:
+    every name here is a legacy Prometheus name, which no escaping scheme changes. So
+    Prometheus 2 (OpenMetrics 1.0.0 at q=1) and Prometheus 3 (OpenMetrics 1.0.0 with
+    `escaping=allow-utf-8` at q=0.6, text 0.0.4 at q=0.3) both get OpenMetrics. A tie, no
+    header, or nothing matching means the text format, which every scraper reads.
+    """
+    ranges = [parsed for item in header.split(",") if (parsed := _media_range(item))]
+    openmetrics = _quality(ranges, *_OPENMETRICS_OFFER)
+    return openmetrics > 0 and openmetrics > _quality(ranges, *_TEXT_OFFER)
+
+
+def _media_range(item: str) -> tuple[str, str, dict[str, str], float] | None:
+    """(type, subtype, parameters without q, q) of one Accept element; None if unusable."""
+    media, *pairs = item.split(";")
+    kind, slash, subtype = media.strip().lower().partition("/")
+    if not slash or not kind or not subtype:
+        return None
+    params: dict[str, str] = {}
+    quality = 1.0
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        key, value = key.strip().lower(), value.strip().strip('"').lower()
+        if key != "q":
+            params[key] = value
+            continue
+        try:
+            quality = float(value)
+        except ValueError:
+            return None
+        if not 0 <= quality <= 1:
+            return None
+    return kind, subtype, params, quality
+
+
+def _quality(
+    ranges: list[tuple[str, str, dict[str, str], float]],
+    kind: str,
+    subtype: str,
+    offered: dict[str, str],
+) -> float:
+    best: tuple[int, int, int] | None = None
+    quality = 0.0
+    for range_kind, range_subtype, params, q in ranges:
+        if range_kind not in ("*", kind) or range_subtype not in ("*", subtype):
+            continue
+        if any(offered.get(key) != value for key, value in params.items() if key not in _ANY):
+            continue
+        specificity = (range_kind != "*", range_subtype != "*", len(params))
+        if best is None or specificity > best:
+            best, quality = specificity, q
+    return quality
 
 
 async def _reload(request: web.Request) -> web.Response:
