@@ -1,12 +1,13 @@
 """The /metrics body, pre-rendered: scrapes serve cached bytes, rendering follows the data.
 
-prometheus_client renders the whole registry on every scrape (13 ms for 1,000 accounts on
-the reference machine, synchronously on the event loop). Here each account's lines are
-rendered when its snapshot changes, in chunks of CHUNK accounts, so a poll re-renders one
-chunk and a scrape only joins ready-made bytes. Metrics the table marks `stale` leave the
-body once their account's last success is older than its stale_after, which a deadline heap
-notices without looking at every account. The process and GC
-metrics come from prometheus_client's own collectors, refreshed at most once a second.
+prometheus_client renders the whole registry on every scrape (a custom Collector with 1,000
+accounts: about 30 ms for collect and render, 2026-11-30 on this project's 2-core machine,
+synchronously on the event loop). Here a poll only marks its account changed; the next
+scrape re-renders the changed accounts' chunks (CHUNK accounts each) and joins them with
+the ready-made bytes of the others. Metrics the table marks `stale` leave the body once
+their account's last success is older than its stale_after, which a deadline heap notices
+without looking at every account. The process and GC metrics come from prometheus_client's
+own collectors, refreshed at most once a second.
 
 What is rendered comes from the table in `metrics.py`. Two formats share the sample lines,
 which are the same in both: the Prometheus text format 0.0.4, and OpenMetrics 1.0.0, which
