@@ -264,3 +264,45 @@ async def test_openmetrics_scrape_plain_and_gzipped(aiohttp_client, logs) -> Non
         body = await text_response.text()
         assert "# EOF" not in body
         assert value(body, "koodrive_up", account="b") == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("*;q=0, gzip", True),  # listed explicitly: its own q counts, not that of *
+        ("gzip;level=1", True),  # a parameter other than q is not a q
+        ("gzip;level=1;q=0", False),
+        ("gzip;q=0, *", False),
+        ("identity, *;q=0.5", True),
+        ("gzip;q=nonsense", False),
+    ],
+)
+def test_accepts_gzip_by_its_own_quality(header: str, expected: bool) -> None:
+    assert accepts_gzip(header) is expected
+
+
+def test_parameters_after_q_are_extensions_not_media_type_parameters() -> None:
+    assert wants_openmetrics("application/openmetrics-text;version=1.0.0;q=0.5;foo=bar")
+
+
+async def test_repeated_accept_fields_are_one_list(aiohttp_client, logs) -> None:
+    client = await aiohttp_client(app_with(FakeSource(), logs, [account("a", interval=5)]))
+    response = await client.get(
+        "/metrics",
+        headers=[
+            ("Accept", "text/plain;version=0.0.4;q=0.3"),
+            ("Accept", "application/openmetrics-text;version=1.0.0;q=0.9"),
+        ],
+    )
+    assert response.headers["Content-Type"] == OPENMETRICS_TYPE
+
+
+def test_a_broken_clock_cannot_make_the_histogram_invalid() -> None:
+    from exporter.core.state import DurationHistogram
+
+    histogram = DurationHistogram()
+    for duration in (-0.5, float("nan"), float("inf"), 0.01):
+        histogram.observe(duration)
+    assert histogram.total >= 0
+    assert histogram.counts[0] == 3  # -0.5, NaN (as 0) and 0.01
+    assert sum(histogram.counts) == 4

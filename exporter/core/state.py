@@ -7,6 +7,7 @@ and snapshots are immutable, so a scrape never sees an account half-updated.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -41,6 +42,10 @@ class DurationHistogram:
     total: float = 0.0
 
     def observe(self, value: float) -> None:
+        """Count one duration; a non-finite or negative one (only a broken clock makes it)
+        is clamped, as a negative or NaN sum would make the whole OpenMetrics body invalid."""
+        if not math.isfinite(value) or value < 0:
+            value = 0.0 if value != math.inf else self.bounds[-1] * 2
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 

@@ -260,27 +260,38 @@ _HEADERS = MappingProxyType(
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
-    fmt = OPENMETRICS if wants_openmetrics(request.headers.get("Accept", "")) else TEXT
-    gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    # Repeated fields of one header are one comma-separated list (RFC 9110, 5.3).
+    accept = ",".join(request.headers.getall("Accept", ()))
+    fmt = OPENMETRICS if wants_openmetrics(accept) else TEXT
+    gzipped = accepts_gzip(",".join(request.headers.getall("Accept-Encoding", ())))
     body = request.app[EXPOSITION].render(fmt, gzipped=gzipped)
     response = web.StreamResponse(headers=_HEADERS[fmt.openmetrics, gzipped])
     return await request.app[GUARD].send_body(request, response, body)
 
 
 def accepts_gzip(header: str) -> bool:
-    """True when Accept-Encoding lists gzip (or *) without q=0."""
-    for item in header.split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() not in ("gzip", "*"):
+    """True when Accept-Encoding gives gzip a q above 0: its own q if listed, else that of *."""
+    found: dict[str, float] = {}
+    for item in header.split(",")[:MAX_ACCEPT_ITEMS]:
+        coding, *params = item.split(";")
+        name = coding.strip().lower()
+        if name not in ("gzip", "*") or name in found:
             continue
-        quality = params.strip().lower().removeprefix("q=")
-        try:
-            return not params or float(quality) > 0
-        except ValueError:
-            return False
-    return False
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value.strip())
+                except ValueError:
+                    quality = 0.0
+        found[name] = quality if 0 <= quality <= 1 else 0.0
+    return found.get("gzip", found.get("*", 0.0)) > 0
 
 
+# Elements of Accept / Accept-Encoding looked at: real clients send a handful, and the
+# bound keeps an 8 KiB header of tiny ranges from costing milliseconds per scrape.
+MAX_ACCEPT_ITEMS = 64
 # The two bodies on offer, as (type, subtype, parameters) for matching Accept's media ranges.
 _OPENMETRICS_OFFER = ("application", "openmetrics-text", {"version": "1.0.0", "charset": "utf-8"})
 _TEXT_OFFER = ("text", "plain", {"version": "0.0.4", "charset": "utf-8"})
@@ -299,7 +310,8 @@ def wants_openmetrics(header: str) -> bool:
     `escaping=allow-utf-8` at q=0.6, text 0.0.4 at q=0.3) both get OpenMetrics. A tie, no
     header, or nothing matching means the text format, which every scraper reads.
     """
-    ranges = [parsed for item in header.split(",") if (parsed := _media_range(item))]
+    items = header.split(",")[:MAX_ACCEPT_ITEMS]
+    ranges = [parsed for item in items if (parsed := _media_range(item))]
     openmetrics = _quality(ranges, *_OPENMETRICS_OFFER)
     return openmetrics > 0 and openmetrics > _quality(ranges, *_TEXT_OFFER)
 
@@ -324,6 +336,7 @@ def _media_range(item: str) -> tuple[str, str, dict[str, str], float] | None:
             return None
         if not 0 <= quality <= 1:
             return None
+        break  # what follows q are accept-extensions, not media-type parameters
     return kind, subtype, params, quality
 
 
