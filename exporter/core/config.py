@@ -223,11 +223,13 @@ def read_regular_file(path: Path, limit: int) -> bytes:
 
 
 def read_secret_file(path: Path) -> str:
-    """Read a secret file, dropping the trailing newline editors and `echo` add.
+    """Read a secret file, through read_regular_file, so a FIFO or device cannot hang a poll."""
+    return secret_text(read_regular_file(path, SECRET_FILE_LIMIT))
 
-    Through read_regular_file, so a FIFO or device swapped in for a secret cannot hang a poll.
-    """
-    return read_regular_file(path, SECRET_FILE_LIMIT).decode("utf-8").rstrip("\r\n")
+
+def secret_text(content: bytes) -> str:
+    """A secret file's content as text, without the trailing newline editors and `echo` add."""
+    return content.decode("utf-8").rstrip("\r\n")
 
 
 def pem_certificates(data: bytes) -> str:
@@ -250,8 +252,12 @@ def load_ca_context(path: Path) -> ssl.SSLContext:
 
     OpenSSL given the path itself would block on a FIFO; given the bytes it cannot.
     """
-    data = read_regular_file(path, CA_FILE_LIMIT)
-    return ssl.create_default_context(cadata=pem_certificates(data))
+    return ca_context(read_regular_file(path, CA_FILE_LIMIT))
+
+
+def ca_context(bundle: bytes) -> ssl.SSLContext:
+    """A verifying client context trusting exactly the PEM certificates in `bundle`."""
+    return ssl.create_default_context(cadata=pem_certificates(bundle))
 
 
 def show_value(value: object) -> str:

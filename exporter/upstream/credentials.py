@@ -29,9 +29,10 @@ from ..core.config import (
     AccountConfig,
     AppAuth,
     SecretRef,
+    ca_context,
     file_identity,
-    pem_certificates,
     read_regular_file,
+    secret_text,
 )
 from ..core.model import FetchError, Reason
 from .signing import AppCredentials, Credentials, TokenCredentials
@@ -67,16 +68,11 @@ def _load(
 
 
 def _parse_secret(content: bytes) -> str:
-    """Drop the trailing newline editors and `echo` add; refuse what no header can carry."""
-    text = content.decode("utf-8").rstrip("\r\n")
+    """The secret as the config check reads it; refuse what no header can carry."""
+    text = secret_text(content)
     if not text.isprintable():
         raise ValueError("contains control characters")
     return text
-
-
-def _parse_ca_bundle(content: bytes) -> ssl.SSLContext:
-    """A verifying client context trusting exactly the PEM bundle (as `cafile=` would)."""
-    return ssl.create_default_context(cadata=pem_certificates(content))
 
 
 def _secret_path(account: AccountConfig) -> Path | None:
@@ -162,7 +158,7 @@ class CredentialStore:
             return True
         try:
             return await self._cached_async(
-                self._contexts, account.ca_file, CA_FILE_LIMIT, _parse_ca_bundle
+                self._contexts, account.ca_file, CA_FILE_LIMIT, ca_context
             )
         except (OSError, ValueError, ssl.SSLError) as exc:
             detail = f"cannot use ca_file {account.ca_file}: {_reason(exc)}"
