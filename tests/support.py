@@ -32,7 +32,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.core.config import AccountConfig, Config, Secret, SecretRef, TokenAuth
-from exporter.core.model import Usage
+from exporter.core.endpoints import Endpoint
+from exporter.core.state import CollectorState, ExporterState
 from exporter.log import make_logger
 from exporter.sim.simulator import Simulator
 from exporter.web.server import Settings, create_app, serve
@@ -149,12 +150,22 @@ def account(
     )
 
 
+def polls(state: ExporterState, name: str, collector: str = "overview") -> CollectorState:
+    """One collector's record of one account (by default the overview's)."""
+    return state.accounts[name].collectors[collector]
+
+
+# What FakeSource answers for a successful poll, in KB as the API sends it.
+SCRIPTED_OVERVIEW = {"totalAllocation": 1, "totalCapacity": 10, "totalUsed": 5}
+
+
 class FakeSource:
     """Scripted upstream: per-account behaviour, with call and concurrency bookkeeping."""
 
     def __init__(self) -> None:
         self.behaviour: dict[str, object] = {}
         self.calls: dict[str, list[float]] = defaultdict(list)
+        self.collector_calls: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.in_flight: dict[str, int] = defaultdict(int)
         self.max_in_flight: dict[str, int] = defaultdict(int)
         self.rotated: set[str] = set()  # accounts whose secret "changes" at the next check
@@ -183,9 +194,10 @@ class FakeSource:
         self._ids += 1
         return f"{self._ids:058d}"
 
-    async def overview(self, account: AccountConfig, trace_id: str) -> Usage:
+    async def fetch(self, account: AccountConfig, endpoint: Endpoint, trace_id: str) -> object:
         name = account.name
         self.calls[name].append(asyncio.get_running_loop().time())
+        self.collector_calls[(name, endpoint.name)].append(asyncio.get_running_loop().time())
         self.in_flight[name] += 1
         self.max_in_flight[name] = max(self.max_in_flight[name], self.in_flight[name])
         try:
@@ -198,7 +210,7 @@ class FakeSource:
                 what = what.pop(0) if what else "ok"
             if isinstance(what, BaseException):
                 raise what
-            return Usage(allocation_kb=1, capacity_kb=10, used_kb=5)
+            return endpoint.parse(SCRIPTED_OVERVIEW, account.kilobyte)
         finally:
             self.in_flight[name] -= 1
 

@@ -17,8 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
-from exporter.core.model import FetchError, Reason, Usage
-from exporter.upstream.client import BODY_LIMIT, KooDriveClient, parse_overview, target_of
+from exporter.core.endpoints import OVERVIEW
+from exporter.core.model import FetchError, Reason, Usage, UsageBytes
+from exporter.upstream.client import BODY_LIMIT, KooDriveClient, parse_answer, target_of
 from exporter.upstream.credentials import CredentialStore
 
 NOW = 1_725_852_805.75  # 2024-09-09T03:33:25.75Z
@@ -75,10 +76,15 @@ def account(endpoint: str, timeout: float = 2.0) -> AccountConfig:
     )
 
 
-async def fetch(endpoint: str, timeout: float = 2.0) -> Usage:
+def parse_overview(body: bytes) -> object:
+    """The overview's parse of a 200 body, in KB (a kilobyte of 1)."""
+    return parse_answer(OVERVIEW, body, 1)
+
+
+async def fetch(endpoint: str, timeout: float = 2.0) -> UsageBytes:
     async with aiohttp.ClientSession() as session:
         client = KooDriveClient(session, CredentialStore(), clock=lambda: NOW, rng=random.Random(1))
-        return await client.overview(account(endpoint, timeout), client.new_trace_id())
+        return await client.fetch(account(endpoint, timeout), OVERVIEW, client.new_trace_id())
 
 
 def base(server: TestServer) -> str:
@@ -88,7 +94,7 @@ def base(server: TestServer) -> str:
 async def test_documented_example_is_parsed_and_request_is_well_formed(upstream) -> None:
     up, server = upstream
     usage = await fetch(base(server))
-    assert usage == Usage(allocation_kb=43, capacity_kb=1051187, used_kb=33085606)
+    assert usage == Usage(allocation_kb=43, capacity_kb=1051187, used_kb=33085606).in_bytes(1024)
     (request,) = up.requests
     assert request.method == "GET"
     assert request.path == "/koodrive/ose/v1/space/usage/overview"
@@ -120,7 +126,7 @@ VALID_BODIES = {
 async def test_tolerated_variants(upstream, body: dict[str, Any]) -> None:
     up, server = upstream
     up.handler = Upstream.json(body)
-    assert await fetch(base(server)) == Usage(43, 1051187, 33085606)
+    assert await fetch(base(server)) == Usage(43, 1051187, 33085606).in_bytes(1024)
 
 
 def with_data(**fields: Any) -> dict[str, Any]:
@@ -275,11 +281,13 @@ async def test_an_unusable_date_is_ignored_noted_once_and_never_wedges(upstream,
         client = KooDriveClient(session, CredentialStore(), clock=lambda: NOW, rng=random.Random(1))
         acct = account(base(server))
         up.handler = answer(good)
-        await client.overview(acct, client.new_trace_id())
+        await client.fetch(acct, OVERVIEW, client.new_trace_id())
         assert client.clock_skew(acct) == pytest.approx(9.75)
         up.handler = answer(date)
         for _ in range(3):  # each answer succeeds, and the estimate stays where it was
-            assert (await client.overview(acct, client.new_trace_id())).used_kb == 33085606
+            assert (
+                await client.fetch(acct, OVERVIEW, client.new_trace_id())
+            ).used == 33085606 * 1024
             assert client.clock_skew(acct) == pytest.approx(9.75)
         x_dates = [request.headers["X-Date"] for request in up.requests]
         assert set(x_dates) == {"20240909T033323Z", "20240909T033333Z"}
@@ -288,9 +296,9 @@ async def test_an_unusable_date_is_ignored_noted_once_and_never_wedges(upstream,
         assert fields["date"] == date
         assert client.drain_notices(acct) == []
         up.handler = answer(good)
-        await client.overview(acct, client.new_trace_id())
+        await client.fetch(acct, OVERVIEW, client.new_trace_id())
         up.handler = answer(date)
-        await client.overview(acct, client.new_trace_id())
+        await client.fetch(acct, OVERVIEW, client.new_trace_id())
         assert len(client.drain_notices(acct)) == 1  # a new run is noted again
 
 
@@ -301,7 +309,7 @@ async def test_a_first_answer_with_an_absurd_date_leaves_no_skew(upstream) -> No
         client = KooDriveClient(session, CredentialStore(), clock=lambda: NOW, rng=random.Random(1))
         acct = account(base(server))
         for _ in range(2):
-            await client.overview(acct, client.new_trace_id())
+            await client.fetch(acct, OVERVIEW, client.new_trace_id())
         assert client.clock_skew(acct) is None
         assert [r.headers["X-Date"] for r in up.requests] == ["20240909T033323Z"] * 2
 
@@ -347,7 +355,7 @@ async def test_gzip_body_is_accepted(upstream) -> None:
     up.handler = Upstream.raw(
         gzip.compress(json.dumps(DOC_EXAMPLE).encode()), **{"Content-Encoding": "gzip"}
     )
-    assert (await fetch(base(server))).used_kb == 33085606
+    assert (await fetch(base(server))).used == 33085606 * 1024
 
 
 async def test_slow_answer_times_out(upstream) -> None:
@@ -434,4 +442,4 @@ def test_host_header_matches_what_aiohttp_would_send(endpoint: str, host: str, p
 
 
 def test_parse_overview_is_usable_without_http() -> None:
-    assert parse_overview(json.dumps(DOC_EXAMPLE).encode()) == Usage(43, 1051187, 33085606)
+    assert parse_overview(json.dumps(DOC_EXAMPLE).encode()) == UsageBytes(43, 1051187, 33085606)

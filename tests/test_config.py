@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,14 @@ from exporter.core.config import (
     load_config,
     parse_config,
     parse_duration,
+    reference,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
 ERROR_FIXTURES = sorted(FIXTURES.glob("*.yaml"))
 ENV = {"KOODRIVE_TEST_EMPTY": "", "KOODRIVE_TEST_SECRET": "from-env"}
+README = Path(__file__).parent.parent / "README.md"
+ACCOUNT = 'accounts: [{name: a, user_id: "1", auth: {token: t}}]'
 
 
 def expected_errors(path: Path) -> list[str]:
@@ -102,6 +106,15 @@ def test_builtin_defaults() -> None:
     )
 
 
+@pytest.mark.parametrize("key", ["interval", "timeout", "backoff", "kilobyte"])
+def test_a_null_setting_in_defaults_means_the_built_in_value(key: str) -> None:
+    # `interval: null` in defaults was an internal error (KeyError) before the schema.
+    config = parse_config(f"defaults: {{{key}: null}}\n{ACCOUNT}", env={})
+    assert getattr(config.accounts[0], key) == getattr(
+        parse_config(ACCOUNT, env={}).accounts[0], key
+    )
+
+
 def test_errors_and_reprs_never_show_secret_values(tmp_path: Path) -> None:
     config = parse_config(
         'accounts: [{name: a, user_id: "1", auth: {app_id: x, app_secret: "hunter2"}}]', env={}
@@ -145,3 +158,16 @@ def test_example_config_is_valid_once_its_secret_files_exist(tmp_path: Path) -> 
     config = parse_config(example.replace("/run/secrets/koodrive/", f"{tmp_path}/"), env={})
     assert [a.name for a in config.accounts] == ["acme", "beta"]
     assert config.accounts[1].interval == 300
+
+
+def readme_reference() -> dict[str, str]:
+    """The README's configuration table as key -> where (`auth.token` / `auth.token_file`
+    rows name two keys)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Configuration reference\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    return {name: where.strip() for keys, where in rows for name in re.findall(r"`([^`]+)`", keys)}
+
+
+def test_the_readme_lists_exactly_the_keys_the_schema_declares() -> None:
+    assert readme_reference() == reference()

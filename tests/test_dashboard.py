@@ -44,8 +44,8 @@ def exported_metric_names() -> set[str]:
     account = AccountConfig(name="a", user_id="1", auth=token)
     state = ExporterState([account], loaded_at=1.0)
     usage = UsageBytes(allocated=1, capacity=2, used=1)
-    state.record(Snapshot("a", 1.0, 0.1, "t", usage=usage))
-    failed = Snapshot("a", 2.0, 0.1, "t", reason=Reason.AUTH, failures=(Reason.AUTH,))
+    state.record(Snapshot("a", "overview", 1.0, 0.1, "t", result=usage))
+    failed = Snapshot("a", "overview", 2.0, 0.1, "t", reason=Reason.AUTH, failures=(Reason.AUTH,))
     state.record(dataclasses.replace(failed, clock_skew=0.5))
     text = Exposition(state, clock=lambda: 1.5).render().decode()
     return {name for name, _ in samples(text)}

@@ -16,8 +16,9 @@ from support import ROOT, families, samples
 from exporter import __version__
 from exporter.core import metrics
 from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.core.endpoints import METRICS
 from exporter.core.exposition import OPENMETRICS, TEXT, Exposition, Format
-from exporter.core.metrics import METRICS, Metric
+from exporter.core.metrics import EXPORTER, Metric
 from exporter.core.model import Reason, Snapshot, UsageBytes
 from exporter.core.state import ExporterState
 
@@ -60,11 +61,20 @@ def accounts(*names: str, interval: float = 60.0) -> list[AccountConfig]:
 
 def ok(account: str, at: float, used: int, duration: float = 0.2) -> Snapshot:
     usage = UsageBytes(allocated=100, capacity=1000, used=used)
-    return Snapshot(account=account, started_at=at, duration=duration, trace_id="t", usage=usage)
+    return Snapshot(
+        account=account,
+        collector="overview",
+        started_at=at,
+        duration=duration,
+        trace_id="t",
+        result=usage,
+    )
 
 
 def failed(account: str, reason: Reason, at: float = 0.0, duration: float = 3.0) -> Snapshot:
-    return Snapshot(account, at, duration, "t", reason=reason, detail="x", failures=(reason,))
+    return Snapshot(
+        account, "overview", at, duration, "t", reason=reason, detail="x", failures=(reason,)
+    )
 
 
 def test_nothing_per_account_before_the_first_poll() -> None:
@@ -310,7 +320,9 @@ def test_openmetrics_help_escapes_quotes() -> None:
         (Metric("a_bytes", "gauge", "h", lambda _: 1, unit="seconds"), "suffix"),
         (Metric("a_total", "gauge", "h", lambda _: 1), "_total"),
         (Metric("a", "counter", "h", lambda _: 1), "_total"),
-        (Metric("a", "gauge", "h", lambda _: 1, stale=True), "stale"),
+        (Metric("a", "gauge", "h", lambda _: 1, labels=("account",), stale=True), "stale"),
+        (Metric("a", "gauge", "h", lambda _: 1), "read accounts"),
+        (Metric("a", "gauge", "h", lambda _: 1, labels=("account",), source=EXPORTER), "read"),
     ],
 )
 def test_the_table_refuses_what_the_formats_cannot_express(row: Metric, message: str) -> None:
@@ -328,12 +340,22 @@ def golden_state() -> ExporterState:
     state = ExporterState(accounts("up", "down", "stale", "never"), loaded_at=GOLDEN_NOW - 3600)
     usage = UsageBytes(allocated=2 * 2**30, capacity=100 * 2**30, used=37_580_963_840)
     state.record(
-        Snapshot("up", GOLDEN_NOW - 20, 0.031, "t", usage=usage, clock_skew=-0.75, attempts=1)
+        Snapshot(
+            "up",
+            "overview",
+            GOLDEN_NOW - 20,
+            0.031,
+            "t",
+            result=usage,
+            clock_skew=-0.75,
+            attempts=1,
+        )
     )
-    state.record(Snapshot("down", GOLDEN_NOW - 80, 0.12, "t", usage=usage))
+    state.record(Snapshot("down", "overview", GOLDEN_NOW - 80, 0.12, "t", result=usage))
     state.record(
         Snapshot(
             "down",
+            "overview",
             GOLDEN_NOW - 20,
             9.5,
             "t",
@@ -343,7 +365,9 @@ def golden_state() -> ExporterState:
             attempts=2,
         )
     )
-    state.record(Snapshot("stale", GOLDEN_NOW - 600, 0.4, "t", usage=usage))  # stale after 180 s
+    state.record(
+        Snapshot("stale", "overview", GOLDEN_NOW - 600, 0.4, "t", result=usage)
+    )  # stale after 180 s
     state.record(failed("stale", Reason.AUTH, at=GOLDEN_NOW - 30, duration=0.05))
     return state
 

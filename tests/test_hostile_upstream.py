@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
-from support import APP_ID, APP_SECRET, TOKEN, LogCapture
+from support import APP_ID, APP_SECRET, TOKEN, LogCapture, polls
 
 from exporter.core.config import (
     SECRET_FILE_LIMIT,
@@ -125,7 +125,7 @@ async def rig(
         async with aiohttp.ClientSession() as session:
             client = KooDriveClient(session, store, rng=random.Random(1))
             poller = Poller(
-                configured, client, state, logs.log, rng=random.Random(2), startup_window=0.01,
+                client, state, logs.log, rng=random.Random(2), startup_window=0.01,
                 retry_after_cap=retry_after_cap,
             )  # fmt: skip
             try:
@@ -181,7 +181,7 @@ async def test_a_bad_date_never_wedges_an_account(tmp_path: Path, bad_date) -> N
         (warning,) = r.logs.events("server_date_ignored")  # once for the run of three
         assert (warning["account"], warning["level"]) == ("acme", "warning")
         assert warning["date"] == bad
-        assert r.state.accounts["beta"].errors == {}
+        assert polls(r.state, "beta").errors == {}
 
 
 async def test_a_bad_date_on_a_rejection_does_not_wedge_either(tmp_path: Path) -> None:
@@ -224,8 +224,8 @@ async def test_a_huge_retry_after_defers_the_next_poll_only_up_to_the_cap(
             ("acme", cap, True, "warning")
         }
         assert {e["retry_after_s"] for e in deferred} == {86400.0}
-        assert r.state.accounts["acme"].last.reason is Reason.RATE_LIMITED
-        assert r.state.accounts["beta"].last.ok
+        assert polls(r.state, "acme").last.reason is Reason.RATE_LIMITED
+        assert polls(r.state, "beta").last.ok
 
 
 @pytest.mark.parametrize("value", ["-5", "soon", "1.5", "-99999999999999999999", ""])
@@ -235,14 +235,14 @@ async def test_a_meaningless_retry_after_keeps_the_interval(tmp_path: Path, valu
         r.poller.start()
         await until(lambda: r.simulator.outcomes["fault:rate_limit"] >= 3, timeout=2)
         assert r.logs.events("poll_deferred") == []
-        assert r.state.accounts["acme"].last.retry_after is None
+        assert polls(r.state, "acme").last.retry_after is None
 
 
 async def test_duplicate_keys_are_an_invalid_response(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         r.simulator.set_fault("acme", Fault(FaultKind.DUPLICATE_KEYS))
         snapshot = await r.poll("acme")
-        assert (snapshot.reason, snapshot.usage) == (Reason.INVALID_RESPONSE, None)
+        assert (snapshot.reason, snapshot.result) == (Reason.INVALID_RESPONSE, None)
         assert snapshot.detail == "body is refused: duplicate key 'code'"
         r.simulator.set_fault("acme", None)
         assert (await r.poll("acme")).ok
@@ -404,21 +404,24 @@ async def test_a_secret_that_is_no_regular_file_is_an_auth_error_off_the_loop(
         secret = r.directory / "acme.secret"
         r.poller.start()
         await until(
-            lambda: all(a.last is not None and a.last.ok for a in r.state.accounts.values())
+            lambda: all(
+                polls(r.state, n).last is not None and polls(r.state, n).last.ok
+                for n in r.state.accounts
+            )
         )
         with Ticker() as ticker, fifo_unblocker(secret):
             why = make(secret)
             r.store_clock.skip()
             beta_before = len([s for s in r.simulator.accepted if s.account == "beta"])
-            await until(lambda: r.state.accounts["acme"].last.reason is Reason.AUTH, timeout=4)
+            await until(lambda: polls(r.state, "acme").last.reason is Reason.AUTH, timeout=4)
             await asyncio.sleep(3 * INTERVAL)  # a few more polls of both accounts
-            acme = r.state.accounts["acme"].last
+            acme = polls(r.state, "acme").last
             beta_after = len([s for s in r.simulator.accepted if s.account == "beta"])
         assert acme.reason is Reason.AUTH
         assert acme.detail == f"cannot read app_secret_file {secret}: {why}"
         assert APP_SECRET not in r.logs.text
         assert beta_after >= beta_before + 2  # the other account kept polling
-        assert r.state.accounts["beta"].last.ok
+        assert polls(r.state, "beta").last.ok
         assert ticker.longest < 0.25, f"the event loop was blocked for {ticker.longest:.2f}s"
         assert ticker.ticks >= 20
 
@@ -427,7 +430,7 @@ async def test_a_secret_that_is_no_regular_file_is_an_auth_error_off_the_loop(
         else:
             secret.unlink()
         secret.write_text(APP_SECRET + "\n", encoding="utf-8")
-        await until(lambda: r.state.accounts["acme"].last.ok, timeout=3)  # heals by itself
+        await until(lambda: polls(r.state, "acme").last.ok, timeout=3)  # heals by itself
 
 
 async def test_secret_files_are_touched_off_the_loop_and_at_most_once_a_second(

@@ -8,6 +8,7 @@ not a window on the wall clock, and they take no time to wait out.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import itertools
 import math
@@ -15,9 +16,12 @@ import random
 import time
 
 import pytest
-from support import FakeSource, account
+from support import FakeSource, account, polls
 from virtual_clock import on_virtual_time
 
+from exporter.core.config import CollectorConfig
+from exporter.core.endpoints import ENDPOINTS, Endpoint
+from exporter.core.exposition import Exposition
 from exporter.core.model import FetchError, Reason
 from exporter.core.poller import (
     JITTER,
@@ -58,7 +62,7 @@ def make_poller(
     loop = asyncio.get_running_loop()
     state = state or ExporterState(accounts)
     poller = Poller(
-        accounts, source, state, logs.log, rng=random.Random(SEED), startup_window=window,
+        source, state, logs.log, rng=random.Random(SEED), startup_window=window,
         stopwatch=loop.time, wall_clock=lambda: EPOCH + loop.time(), **options,
     )  # fmt: skip
     return poller, state
@@ -140,14 +144,14 @@ async def test_success_snapshot_is_converted_to_bytes(logs) -> None:
     await asyncio.sleep(7)
     snapshot = await poller.poll_once(account("a", timeout=1))
     assert snapshot.ok
-    assert snapshot.usage is not None
-    assert (snapshot.usage.allocated, snapshot.usage.capacity, snapshot.usage.used) == (
+    assert snapshot.result is not None
+    assert (snapshot.result.allocated, snapshot.result.capacity, snapshot.result.used) == (
         1000,
         10000,
         5000,
     )
     assert (snapshot.started_at, snapshot.duration) == (EPOCH + 7, exactly(0.25))
-    assert state.accounts["a"].last_success is snapshot
+    assert polls(state, "a").last_success is snapshot
     assert state.ready
     (line,) = logs.events("poll")
     assert line["account"] == "a"
@@ -163,7 +167,7 @@ async def test_the_real_clocks_are_the_defaults(logs) -> None:
     assert parameters["stopwatch"].default is time.perf_counter
     source = FakeSource()
     source.behaviour["a"] = 0.01
-    poller = Poller([account("a")], source, ExporterState([account("a")]), logs.log)
+    poller = Poller(source, ExporterState([account("a")]), logs.log)
     wall, counter = time.time(), time.perf_counter()
     snapshot = await poller.poll_once(account("a"))
     assert wall <= snapshot.started_at <= time.time()
@@ -179,9 +183,9 @@ async def test_failure_keeps_the_last_success_and_counts_the_reason(logs) -> Non
     bad = await poller.poll_once(account("a"))
     assert not bad.ok
     assert bad.reason is Reason.RATE_LIMITED
-    assert state.accounts["a"].last is bad
-    assert state.accounts["a"].last_success is good
-    assert state.accounts["a"].errors == {Reason.RATE_LIMITED: 1}
+    assert polls(state, "a").last is bad
+    assert polls(state, "a").last_success is good
+    assert polls(state, "a").errors == {Reason.RATE_LIMITED: 1}
     error_line = logs.events("poll")[-1]
     assert error_line["outcome"] == "error"
     assert error_line["reason"] == "rate_limited"
@@ -197,7 +201,7 @@ async def test_unexpected_exception_is_internal_and_does_not_kill_the_loop(logs)
     expected = planned(interval=0.05, window=0.01, until=0.3)
     assert len(expected) >= 3
     assert source.calls["a"] == exactly(expected)  # the loop polled on, on schedule
-    assert state.accounts["a"].errors == {Reason.INTERNAL: len(expected)}
+    assert polls(state, "a").errors == {Reason.INTERNAL: len(expected)}
     assert len(logs.events("poll_internal_error")) == len(expected)
 
 
@@ -225,8 +229,8 @@ async def test_polls_of_one_account_never_overlap(logs) -> None:
     assert calls == exactly([first + 0.15 * n for n in range(6)])
     assert source.max_in_flight["slow"] == 1
     assert source.in_flight["slow"] == 0  # stop() cancelled the one in flight
-    assert state.accounts["slow"].last is not None
-    assert state.accounts["slow"].last.duration == exactly(0.15)
+    assert polls(state, "slow").last is not None
+    assert polls(state, "slow").last.duration == exactly(0.15)
 
 
 @on_virtual_time
@@ -239,17 +243,17 @@ async def test_a_hanging_account_does_not_block_the_others(logs) -> None:
     try:
         await asyncio.sleep(0.6)
         assert len(source.calls["stuck"]) == 1
-        assert state.accounts["stuck"].last is None
+        assert polls(state, "stuck").last is None
         assert not state.ready
-        assert state.accounts["fine"].last is not None
-        assert state.accounts["fine"].last.ok
+        assert polls(state, "fine").last is not None
+        assert polls(state, "fine").last.ok
         await asyncio.sleep(1.9)
     finally:
         await poller.stop()
     # The hung poll was cut off at exactly its timeout plus the grace, then polled again.
     stuck = source.calls["stuck"]
     assert stuck == exactly([stuck[0], stuck[0] + 2.0])
-    last = state.accounts["stuck"].last
+    last = polls(state, "stuck").last
     assert last is not None
     assert last.reason is Reason.TIMEOUT
     assert (last.started_at, last.duration) == (exactly(EPOCH + stuck[0]), exactly(2.0))
@@ -259,7 +263,7 @@ async def test_a_hanging_account_does_not_block_the_others(logs) -> None:
     assert 0.025 <= gaps(fine)[0] <= 0.075 + 0.0025 + 1e-9
     assert all(0.045 <= gap <= 0.055 + 0.0025 + 1e-9 for gap in gaps(fine)[1:]), gaps(fine)
     assert fine[-1] >= 2.5 - 0.0575
-    assert state.accounts["fine"].errors == {}
+    assert polls(state, "fine").errors == {}
 
 
 @on_virtual_time
@@ -339,7 +343,7 @@ async def test_every_reason_is_recorded(logs, reason: Reason) -> None:
     source.behaviour["a"] = FetchError(reason, "x")
     poller, state = make_poller([account("a")], source, logs)
     await poller.poll_once(account("a"))
-    assert state.accounts["a"].errors == {reason: 1}
+    assert polls(state, "a").errors == {reason: 1}
 
 
 def test_backoff_is_full_jitter_exponential_and_capped() -> None:
@@ -364,7 +368,7 @@ async def test_transient_failures_are_retried_within_the_poll(logs) -> None:
     assert snapshot.ok
     assert snapshot.attempts == 3
     assert snapshot.failures == (Reason.CONNECTION, Reason.HTTP_ERROR)
-    assert state.accounts["a"].errors == {Reason.CONNECTION: 1, Reason.HTTP_ERROR: 1}
+    assert polls(state, "a").errors == {Reason.CONNECTION: 1, Reason.HTTP_ERROR: 1}
     # Each retry waits exactly its full-jitter backoff: ≤ 20 ms, then ≤ 40 ms.
     rng = random.Random(SEED)
     first, second = (backoff_delay(rng, 0.02, retry, cap=1.0) for retry in (0, 1))
@@ -436,8 +440,8 @@ async def test_retry_after_beyond_the_interval_delays_the_next_poll(logs) -> Non
     expected = planned(0.2, 0.01, 0.9, deferrals={0: 0.6}, retry_draws={0: 1})
     assert calls == exactly(expected)
     assert calls[1] == exactly(snap(calls[0] + 0.6, 0.2))
-    assert state.accounts["a"].last is not None
-    assert state.accounts["a"].last.ok
+    assert polls(state, "a").last is not None
+    assert polls(state, "a").last.ok
 
 
 @on_virtual_time
@@ -486,19 +490,19 @@ async def test_update_adds_removes_and_restarts_only_changed_accounts(logs) -> N
     poller.start()
     try:
         await asyncio.sleep(0.25)
-        kept_task, changed_task = poller._tasks["keep"], poller._tasks["change"]
+        [kept_task], [changed_task] = poller._tasks["keep"], poller._tasks["change"]
         changed = account("change", interval=0.2)
         result = await poller.update([keep, changed, account("new")])
         assert result == (1, 1, 1)
-        assert poller._tasks["keep"] is kept_task
-        assert poller._tasks["change"] is not changed_task
+        assert poller._tasks["keep"] == [kept_task]
+        assert poller._tasks["change"] != [changed_task]
         assert changed_task.cancelled()
         assert set(state.accounts) == {"keep", "change", "new"}
-        assert state.accounts["change"].last is not None  # data kept until the next poll
+        assert polls(state, "change").last is not None  # data kept until the next poll
         drop_calls = len(source.calls["drop"])
         await asyncio.sleep(0.3)
         assert len(source.calls["drop"]) == drop_calls
-        assert state.accounts["new"].last is not None
+        assert polls(state, "new").last is not None
     finally:
         await poller.stop()
     # The restarted and the added loop began afresh: their first polls came within the
@@ -618,3 +622,38 @@ def test_retry_after_cap_is_the_interval_or_ten_minutes() -> None:
     assert retry_after_cap(60.0) == 600.0
     assert retry_after_cap(3600.0) == 3600.0
     assert retry_after_cap(1.0, cap=0.5) == 1.0
+
+
+def _refuse(data: object, kilobyte: int) -> object:
+    raise FetchError(Reason.INVALID_RESPONSE, "data.thing is missing")
+
+
+@on_virtual_time
+async def test_each_collector_polls_on_its_own_interval_and_fails_on_its_own(logs) -> None:
+    """A second endpoint is one more definition: its collector gets a loop of its own, at
+    its own interval, and its failures touch neither the overview's state nor koodrive_up."""
+    extra = Endpoint("extra", "/koodrive/ose/v1/test/extra", parse=_refuse, metrics=())
+    collectors = (CollectorConfig("overview", 1.0), CollectorConfig("extra", 4.0))
+    acct = account("a", interval=1.0, timeout=0.5, retries=0)
+    acct = dataclasses.replace(acct, collectors=collectors)
+    source = FakeSource()
+    endpoints = {**ENDPOINTS, "extra": extra}
+    poller, state = make_poller([acct], source, logs, endpoints=endpoints)
+    assert not state.ready
+    await run_for(poller, 12.05)
+    overview, extra_calls = (source.collector_calls[("a", name)] for name in ("overview", "extra"))
+    assert 10 <= len(overview) <= 13  # 1 s ± 10 %, the second poll 0.5-1.5 s after the first
+    assert 2 <= len(extra_calls) <= 4  # 4 s ± 10 %
+    assert all(gap >= 0.9 * 1.0 - 1e-9 for gap in gaps(overview[1:]))
+    assert all(gap >= 0.9 * 4.0 - 1e-9 for gap in gaps(extra_calls[1:]))
+    assert state.ready
+    assert polls(state, "a").last.ok
+    assert polls(state, "a").errors == {}
+    failed = polls(state, "a", "extra")
+    assert failed.last.reason is Reason.INVALID_RESPONSE
+    assert failed.last_success is None
+    assert failed.errors == {Reason.INVALID_RESPONSE: len(extra_calls)}
+    now = EPOCH + asyncio.get_running_loop().time()
+    body = Exposition(state, clock=lambda: now, process_metrics=False).render().decode()
+    assert 'koodrive_up{account="a"} 1\n' in body
+    assert 'koodrive_space_used_bytes{account="a"} 5000\n' in body

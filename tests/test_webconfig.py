@@ -116,6 +116,19 @@ REFUSALS = {
         "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
         "tls_server_config.cipher_suites: not supported",
     ),
+    "null min_version": (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version:\n",
+        "tls_server_config.min_version: must be one of TLS10, TLS11, TLS12, TLS13",
+    ),
+    "unknown tls key": (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  ciphers: x\n",
+        "tls_server_config.ciphers: unknown key (allowed: cert_file, client_auth_type, "
+        "client_ca_file, key_file, max_version, min_version, prefer_server_cipher_suites)",
+    ),
+    "headers not a mapping": (
+        "http_server_config:\n  headers: [X-Frame-Options]\n",
+        "http_server_config.headers: must be a mapping",
+    ),
     "header not allowed": (
         "http_server_config:\n  headers:\n    Set-Cookie: x\n",
         "http_server_config.headers.Set-Cookie: not allowed",

@@ -12,36 +12,42 @@ import ipaddress
 import math
 import os
 import re
-import reprlib
 import ssl
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
 
+from .endpoints import DEFAULT_COLLECTORS
+from .schema import (
+    NOT_MAPPING,
+    REQUIRED,
+    Checker,
+    Choice,
+    Either,
+    Invalid,
+    Key,
+    Section,
+    cut,
+    leaves,
+    show_value,
+)
+from .schema import SHOWN_VALUE_LIMIT as SHOWN_VALUE_LIMIT  # re-exported for callers
+
+_T = TypeVar("_T")
 DEFAULT_ENDPOINT = "https://intl.myhuaweicloud-koodrive.com"
-BUILTIN_DEFAULTS: Mapping[str, Any] = {
-    "endpoint": DEFAULT_ENDPOINT,
-    "interval": "60s",
-    "timeout": "10s",
-    "language": "en-US",
-    "kilobyte": 1024,
-    "retries": 2,
-    "backoff": "1s",
-    "x_date_margin": "2s",
-}
-# stale_after has no fixed default: it is 3 x the account's own interval unless set.
-DEFAULT_KEYS = frozenset(BUILTIN_DEFAULTS) | {"stale_after", "ca_file", "insecure_skip_verify"}
 STALE_INTERVALS = 3
+# Polls in flight at once over all accounts (top-level `max_concurrency`), and its bound.
+DEFAULT_MAX_CONCURRENCY = 64
+MAX_CONCURRENCY = 4096
+DEFAULT_PAGE_SIZE = 100
 MAX_RETRIES = 10
 X_DATE_WINDOW = 15 * 60
-ACCOUNT_KEYS = DEFAULT_KEYS | {"name", "user_id", "auth"}
-APP_KEYS = frozenset({"app_id", "app_secret", "app_secret_file"})
-TOKEN_KEYS = frozenset({"token", "token_file"})
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -56,8 +62,6 @@ CONFIG_FILE_LIMIT = 64 * 1024 * 1024
 SECRET_FILE_LIMIT = 64 * 1024
 # A full public CA bundle (Mozilla's, as shipped by certifi) is about 300 KB.
 CA_FILE_LIMIT = 1024 * 1024
-# How much of a user's value an error message may quote.
-SHOWN_VALUE_LIMIT = 60
 # The config nests five levels deep; the limit keeps the composer's recursion bounded.
 MAX_YAML_DEPTH = 32
 # Polling limits for the KooDrive API, which publishes no rate limit (docs/koodrive-api.md
@@ -141,6 +145,14 @@ Auth = AppAuth | TokenAuth
 
 
 @dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    """One collector of an account: the endpoint it polls (by name) and how often."""
+
+    name: str
+    interval: float
+
+
+@dataclass(frozen=True, slots=True)
 class AccountConfig:
     name: str
     user_id: str
@@ -157,17 +169,30 @@ class AccountConfig:
     # Upstream TLS: verification is always on unless insecure_skip_verify is set explicitly.
     ca_file: Path | None = None
     insecure_skip_verify: bool = False
+    # What to poll; empty means the default collectors at the account's interval.
+    collectors: tuple[CollectorConfig, ...] = ()
+    # Items asked for per page of a paged endpoint (`limit`).
+    page_size: int = DEFAULT_PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if not self.collectors:
+            defaults = tuple(CollectorConfig(name, self.interval) for name in DEFAULT_COLLECTORS)
+            object.__setattr__(self, "collectors", defaults)
 
     @property
     def stale_after_seconds(self) -> float:
         return self.stale_after or STALE_INTERVALS * self.interval
+
+    @property
+    def collector_names(self) -> tuple[str, ...]:
+        return tuple(collector.name for collector in self.collectors)
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     accounts: tuple[AccountConfig, ...]
     # Polls in flight at once, over all accounts (top-level key `max_concurrency`).
-    max_concurrency: int = 64
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     source: str = field(default="<memory>", compare=False)
 
 
@@ -260,34 +285,25 @@ def ca_context(bundle: bytes) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=pem_certificates(bundle))
 
 
-def show_value(value: object) -> str:
-    """A user's value as an error message may quote it: a repr cut to SHOWN_VALUE_LIMIT.
-
-    A value can be a megabyte line or, through YAML, a huge nested structure; echoing it in
-    full made error output unbounded.
-    """
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
-        return "a very large number"
-    if isinstance(value, str | bytes):
-        text = repr(value[: SHOWN_VALUE_LIMIT + 1])
-    else:
-        bounded = reprlib.Repr()
-        bounded.maxlevel, bounded.maxlist, bounded.maxdict = 2, 4, 4
-        bounded.maxstring = bounded.maxother = bounded.maxlong = SHOWN_VALUE_LIMIT
-        text = bounded.repr(value)
-    return _cut(text)
-
-
-def show_key(key: object) -> str:
-    """A mapping key as part of a key path: as written when short and printable."""
-    if isinstance(key, str) and key.isprintable() and 0 < len(key) <= SHOWN_VALUE_LIMIT:
-        return key
-    return show_value(key)
+def read_or_refuse(file: Path, reader: Callable[[Path], _T], shown: str) -> _T:
+    """What `reader` makes of a file named in a config; failures as Invalid naming the file
+    (as `shown`), never showing its content."""
+    try:
+        return reader(file)
+    except FileNotFoundError:
+        raise Invalid(f"no such file: {shown}") from None
+    except OSError as exc:
+        raise Invalid(f"cannot read {shown}: {_os_reason(exc)}") from None
+    except UnicodeDecodeError:
+        raise Invalid(f"cannot read {shown}: not UTF-8 text") from None
+    except (ValueError, ssl.SSLError) as exc:
+        reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else str(exc)
+        raise Invalid(f"not a PEM CA bundle: {shown} ({cut(str(reason))})") from None
 
 
 def show_path(file: Path) -> str:
     """A file name from the config as an error message may quote it."""
-    return _cut(str(file), 200)
+    return cut(str(file), 200)
 
 
 def read_config_file(file: Path, limit: int = CONFIG_FILE_LIMIT) -> str:
@@ -347,8 +363,7 @@ def parse_config(
     raw = load_yaml(text, source)
     checker = _Checker(env=os.environ if env is None else env, base_dir=base_dir or Path.cwd())
     try:
-        accounts = checker.document(raw)
-        concurrency = checker.max_concurrency(raw)
+        values = checker.document(raw)
     except Exception as exc:
         # A last resort so that a reload never sees anything but ConfigError; the hostile
         # input tests check this message never appears.
@@ -356,9 +371,9 @@ def parse_config(
         raise ConfigError(
             [f"{source}: internal error while checking the config ({name})"]
         ) from None
-    if checker.errors:
+    if checker.errors or values is None:
         raise ConfigError(checker.errors)
-    return Config(accounts=tuple(accounts), max_concurrency=concurrency, source=source)
+    return Config(values["accounts"], values["max_concurrency"], source=source)
 
 
 def parse_duration(value: object) -> float:
@@ -422,14 +437,14 @@ class _RefusingComposer(yaml.composer.Composer):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             raise _Refused(
-                problem=f"YAML aliases (*{_cut(event.anchor)}) are not supported; "
+                problem=f"YAML aliases (*{cut(event.anchor)}) are not supported; "
                 "use `defaults:` for settings shared by accounts",
                 problem_mark=event.start_mark,
             )
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
             raise _Refused(
-                problem=f"YAML anchors (&{_cut(anchor)}) and aliases are not supported; "
+                problem=f"YAML anchors (&{cut(anchor)}) and aliases are not supported; "
                 "use `defaults:` for settings shared by accounts",
                 problem_mark=event.start_mark,
             )
@@ -511,24 +526,19 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 _StrictLoader.add_constructor(None, _construct_unsupported)
 
 
-class _Checker:
-    """Walks the parsed YAML once, building accounts and collecting every error."""
+class _Checker(Checker):
+    """The config's parsers: `${ENV}` expansion, files relative to the config, and error
+    messages that never show a value taken from the environment."""
 
     def __init__(self, env: Mapping[str, str], base_dir: Path) -> None:
+        super().__init__()
         self.env = env
         self.base_dir = base_dir
-        self.errors: list[str] = []
-        self.reported: set[str] = set()
         self.good_ca_files: set[Path] = set()
         # key path -> the variables its value was expanded from; such values are never shown.
         self.from_env: dict[str, list[str]] = {}
-
-    def error(self, path: str, message: str) -> None:
-        # A bad default inherited by many accounts is reported once, not once per account.
-        text = f"{path}: {message}" if path else message
-        if text not in self.reported:
-            self.reported.add(text)
-            self.errors.append(text)
+        # The checked `defaults`, which accounts inherit; None when they are broken.
+        self.inherited: dict[str, Any] | None = None
 
     def hidden(self, *paths: str) -> str | None:
         """The note that replaces values taken from the environment, if any of them was."""
@@ -544,97 +554,44 @@ class _Checker:
     def got(self, path: str, value: object) -> str:
         return self.hidden(path) or f"(got {show_value(value)})"
 
-    def got_seconds(self, path: str, seconds: float) -> str:
-        return self.hidden(path) or f"(got {seconds:g}s)"
-
-    def compare(self, left: tuple[str, float], sign: str, right: tuple[str, float]) -> str:
-        (left_path, a), (right_path, b) = left, right
-        return self.hidden(left_path, right_path) or f"({a:g}s {sign} {b:g}s)"
-
-    def show_file(self, path: str, file: Path) -> str:
-        return self.hidden(path) or show_path(file)
-
-    def max_concurrency(self, raw: object) -> int:
-        value = raw.get("max_concurrency", 64) if isinstance(raw, dict) else 64
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
-            self.error(
-                "max_concurrency",
-                f"must be a whole number from 1 to 4096 (got {show_value(value)})",
-            )
-            return 64
-        return value
-
-    def document(self, raw: object) -> list[AccountConfig]:
+    def document(self, raw: object) -> dict[str, Any] | None:
         if raw is None:
             self.error("", "config is empty: it needs an `accounts` list")
-            return []
-        if not isinstance(raw, dict):
-            self.error("", "config must be a mapping with `defaults` and `accounts`")
-            return []
-        self.unknown_keys("", raw, {"defaults", "accounts", "max_concurrency"})
-        defaults = dict(BUILTIN_DEFAULTS)
-        raw_defaults = raw.get("defaults")
-        if raw_defaults is not None:
-            if isinstance(raw_defaults, dict):
-                self.unknown_keys("defaults", raw_defaults, DEFAULT_KEYS)
-                defaults.update({k: v for k, v in raw_defaults.items() if k in DEFAULT_KEYS})
-            else:
-                self.error("defaults", "must be a mapping")
-        # Check the defaults on their own too, so a bad default is reported once at
-        # `defaults.x` rather than once per inheriting account.
-        default_errors = len(self.errors)
-        clean_defaults = self.common_settings("defaults", defaults)
-        defaults_ok = len(self.errors) == default_errors
+            return None
+        return self.walk(_CONFIG, "", raw)
 
-        raw_accounts = raw.get("accounts")
-        if not isinstance(raw_accounts, list) or not raw_accounts:
-            self.error("accounts", "must be a non-empty list of accounts")
-            return []
-        accounts: list[AccountConfig] = []
-        seen: dict[str, int] = {}
-        for index, item in enumerate(raw_accounts):
-            path = f"accounts[{index}]"
-            account = self.account(path, item, clean_defaults if defaults_ok else None)
-            if account is None:
-                continue
-            if account.name in seen:
-                self.error(
-                    f"{path}.name",
-                    f"duplicate account name {self.show(f'{path}.name', account.name)} "
-                    f"(also accounts[{seen[account.name]}])",
-                )
-                continue
-            seen[account.name] = index
-            accounts.append(account)
-        return accounts
+    def defaults(self, path: str, raw: object) -> dict[str, Any] | None:
+        """Checked on their own, so a bad default is reported once at `defaults.x` rather
+        than once per inheriting account; null is no defaults, as is a broken shape."""
+        if raw is None:
+            return None
+        if not self.mapping(NOT_MAPPING, path, raw):
+            raw = {}
+        self.inherited = self.walk(_DEFAULTS, path, raw)
+        return self.inherited
 
-    def account(
-        self, path: str, item: object, defaults: dict[str, Any] | None
-    ) -> AccountConfig | None:
-        """Build one account; `defaults` is None when they are broken (already reported)."""
-        if not isinstance(item, dict):
-            self.error(path, "must be a mapping")
+    def accounts(self, path: str, raw: object) -> tuple[AccountConfig, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise Invalid(_NO_ACCOUNTS)
+        accounts: dict[str, AccountConfig] = {}
+        seen: dict[str, str] = {}
+        for where, item in self.items(path, raw):
+            account = self.account(where, item)
+            if account is not None and account.name in seen:
+                shown = self.show(f"{where}.name", account.name)
+                also = seen[account.name]
+                self.error(f"{where}.name", f"duplicate account name {shown} (also {also})")
+            elif account is not None:
+                seen[account.name] = where
+                accounts[account.name] = account
+        return tuple(accounts.values())
+
+    def account(self, path: str, item: object) -> AccountConfig | None:
+        """Built only when `defaults` are sound too (if not, that is reported already)."""
+        values = self.walk(_ACCOUNT, path, item, inherited=self.inherited or {})
+        if values is None or self.inherited is None or not self.schedule(path, item, values):
             return None
-        before = len(self.errors)
-        self.unknown_keys(path, item, ACCOUNT_KEYS)
-        name = self.required_string(f"{path}.name", item.get("name"))
-        if name is not None and (len(name) > _NAME_LIMIT or not name.isprintable()):
-            self.error(f"{path}.name", f"must be printable and at most {_NAME_LIMIT} characters")
-        user_id = self.required_string(
-            f"{path}.user_id", item.get("user_id"), quote_hint=True, printable=True
-        )
-        auth = self.auth(f"{path}.auth", item.get("auth"))
-        overrides = {k: item[k] for k in DEFAULT_KEYS if k in item}
-        settings = self.common_settings(path, overrides) if overrides else {}
-        if defaults is None or len(self.errors) != before:
-            return None
-        merged = defaults | settings
-        if not self.schedule(path, item, merged):
-            return None
-        assert name is not None
-        assert user_id is not None
-        assert auth is not None
-        return AccountConfig(name=name, user_id=user_id, auth=auth, **merged)
+        return AccountConfig(**values)
 
     def schedule(self, path: str, item: dict[str, Any], merged: dict[str, Any]) -> bool:
         """Check interval, timeout and stale_after together, where the endpoint is known.
@@ -645,155 +602,98 @@ class _Checker:
         def origin(key: str) -> str:
             return f"{path}.{key}" if key in item else f"defaults.{key}"
 
+        def refuse(key: str, value: float, sign: str, rule: str) -> bool:
+            shown = f"({value:g}s {sign} {interval:g}s)"
+            self.error(
+                origin(key), f"{rule} {self.hidden(origin(key), origin('interval')) or shown}"
+            )
+            return False
+
         interval, timeout = merged["interval"], merged["timeout"]
-        host = urlsplit(merged["endpoint"]).hostname or ""
+        loopback = is_loopback_host(urlsplit(merged["endpoint"]).hostname or "")
         before = len(self.errors)
-        if interval < MIN_INTERVAL and not is_loopback_host(host):
-            self.error(
-                origin("interval"),
-                f"must be at least {MIN_INTERVAL:g}s "
-                f"{self.got_seconds(origin('interval'), interval)}: {_POLL_LIMITS}",
-            )
-        if timeout < MIN_TIMEOUT and not is_loopback_host(host):
-            self.error(
-                origin("timeout"),
-                f"must be at least {MIN_TIMEOUT * 1000:g}ms "
-                f"{self.got_seconds(origin('timeout'), timeout)}: {_POLL_LIMITS}",
-            )
+        for key, floor, least in (
+            ("interval", MIN_INTERVAL, f"{MIN_INTERVAL:g}s"),
+            ("timeout", MIN_TIMEOUT, f"{MIN_TIMEOUT * 1000:g}ms"),
+        ):
+            if merged[key] < floor and not loopback:
+                got = self.hidden(origin(key)) or f"(got {merged[key]:g}s)"
+                self.error(origin(key), f"must be at least {least} {got}: {_POLL_LIMITS}")
         if len(self.errors) != before:
             return False
         if timeout > interval:
-            self.error(
-                origin("timeout"),
-                "must not exceed the interval "
-                + self.compare((origin("timeout"), timeout), ">", (origin("interval"), interval)),
-            )
-            return False
+            return refuse("timeout", timeout, ">", "must not exceed the interval")
         stale_after = merged.get("stale_after", interval)
         if stale_after < interval:
-            self.error(
-                origin("stale_after"),
-                "must be at least the interval "
-                + self.compare(
-                    (origin("stale_after"), stale_after), "<", (origin("interval"), interval)
-                ),
-            )
-            return False
+            return refuse("stale_after", stale_after, "<", "must be at least the interval")
         return True
 
-    def common_settings(self, path: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate the keys an account may inherit from `defaults`; return the clean ones."""
-        out: dict[str, Any] = {}
-        checks: dict[str, Callable[[str, Any], Any]] = {
-            "endpoint": self.endpoint,
-            "interval": self.interval,
-            "timeout": self.interval,
-            "language": self.language,
-            "kilobyte": self.kilobyte,
-            "retries": self.retries,
-            "backoff": self.positive_duration,
-            "x_date_margin": self.x_date_margin,
-            "stale_after": self.positive_duration,
-            "ca_file": self.ca_file,
-            "insecure_skip_verify": self.boolean,
-        }
-        for key, check in checks.items():
-            if key in raw:
-                value = check(f"{path}.{key}", raw[key])
-                if value is not None:
-                    out[key] = value
-        return out
-
-    def endpoint(self, path: str, raw: object) -> str | None:
-        text = self.required_string(path, raw)
-        if text is None:
-            return None
+    def endpoint(self, path: str, raw: object) -> str:
+        text = self.string(path, raw)
         if not text.isprintable():
-            self.error(path, "must not contain control characters")
-            return None
+            raise Invalid("must not contain control characters")
         try:
             parts = urlsplit(text)
             hostname = parts.hostname
             parts.port  # noqa: B018 - raises ValueError on an invalid port
         except ValueError:
-            self.error(path, "is not a valid URL (check the host and the port)")
-            return None
+            raise Invalid("is not a valid URL (check the host and the port)") from None
         if parts.scheme not in ("http", "https") or not hostname:
-            self.error(path, f"must be an http(s) URL such as {DEFAULT_ENDPOINT}")
-            return None
+            raise Invalid(f"must be an http(s) URL such as {DEFAULT_ENDPOINT}")
         if parts.scheme == "http" and not is_loopback_host(hostname):
-            self.error(path, "must use https:// (plain http is allowed only for loopback hosts)")
-            return None
+            raise Invalid("must use https:// (plain http is allowed only for loopback hosts)")
         if parts.query or parts.fragment or parts.username or parts.password:
-            self.error(path, "must not contain credentials, a query or a fragment")
-            return None
+            raise Invalid("must not contain credentials, a query or a fragment")
         return text.rstrip("/")
-
-    def positive_duration(self, path: str, raw: object) -> float | None:
-        return self.duration(path, raw, allow_zero=False)
-
-    def interval(self, path: str, raw: object) -> float | None:
-        # The lower limits depend on the endpoint, so `schedule` checks those per account.
-        return self.duration(path, raw, allow_zero=False, at_most=MAX_INTERVAL)
-
-    def x_date_margin(self, path: str, raw: object) -> float | None:
-        # Half the X-Date window (docs/koodrive-api.md section 2.2): a larger margin would
-        # leave too little room for skew.
-        return self.duration(path, raw, allow_zero=True, below=X_DATE_WINDOW / 2)
 
     def duration(
         self,
         path: str,
         raw: object,
         *,
-        allow_zero: bool,
+        allow_zero: bool = False,
         below: float = math.inf,
         at_most: float = math.inf,
     ) -> float | None:
+        """Seconds; null is unset (the inherited or built-in value applies)."""
         raw = self.expand(path, raw)
         if raw is None:
             return None
         try:
             seconds = parse_duration(raw)
         except ValueError as exc:
-            if isinstance(raw, str):
-                self.error(path, f"invalid duration {self.show(path, raw)}: {_DURATION_HINT}")
-            else:
-                self.error(path, str(exc))
-            return None
+            invalid = f"invalid duration {self.show(path, raw)}: {_DURATION_HINT}"
+            raise Invalid(invalid if isinstance(raw, str) else str(exc)) from None
         low_ok = seconds >= 0 if allow_zero else seconds > 0
         if not (low_ok and seconds < below):
             kind = "non-negative" if allow_zero else "positive"
             bound = f" below {below:g}s" if below != math.inf else ""
-            self.error(path, f"must be a {kind} duration{bound} {self.got(path, raw)}")
-            return None
+            raise Invalid(f"must be a {kind} duration{bound} {self.got(path, raw)}")
         if seconds > at_most:
-            limit = f"{at_most / 3600:g}h"
-            self.error(path, f"must be at most {limit} {self.got(path, raw)}")
-            return None
+            raise Invalid(f"must be at most {at_most / 3600:g}h {self.got(path, raw)}")
         return seconds
 
-    def ca_file(self, path: str, raw: object) -> Path | None:
-        name = self.required_string(path, raw)
-        if name is None:
-            return None
-        file = self.resolve(name)
-        if file in self.good_ca_files:
-            return file
-        shown = self.show_file(path, file)
-        try:
-            load_ca_context(file)
-        except FileNotFoundError:
-            self.error(path, f"no such file: {shown}")
-            return None
-        except OSError as exc:
-            self.error(path, f"cannot read {shown}: {_os_reason(exc)}")
-            return None
-        except (ValueError, ssl.SSLError) as exc:
-            reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else str(exc)
-            self.error(path, f"not a PEM CA bundle: {shown} ({_cut(str(reason))})")
-            return None
-        self.good_ca_files.add(file)
+    def ca_file(self, path: str, raw: object) -> Path:
+        file = self.resolve(self.string(path, raw))
+        if file not in self.good_ca_files:
+            read_or_refuse(file, load_ca_context, self.hidden(path) or show_path(file))
+            self.good_ca_files.add(file)
+        return file
+
+    def secret_file(self, path: str, raw: object) -> Path:
+        """Read the file now, so a broken one fails the config check rather than every poll.
+
+        Its content is never shown, only its name.
+        """
+        file = self.resolve(self.string(path, raw))
+        shown = self.hidden(path) or show_path(file)
+        if file.is_dir():
+            raise Invalid(f"is a directory, not a file: {shown}")
+        content = read_or_refuse(file, read_secret_file, shown)
+        if not content:
+            raise Invalid(f"file is empty: {shown}")
+        if not content.isprintable():
+            raise Invalid(f"contains {_CONTROL}: {shown}")
         return file
 
     def resolve(self, name: str) -> Path:
@@ -801,149 +701,77 @@ class _Checker:
         file = Path(name)
         return file if file.is_absolute() else self.base_dir / file
 
-    def boolean(self, path: str, raw: object) -> bool | None:
+    def boolean(self, path: str, raw: object) -> bool:
         if not isinstance(raw, bool):
-            self.error(path, f"must be true or false (got {show_value(raw)})")
-            return None
+            raise Invalid(f"must be true or false (got {show_value(raw)})")
         return raw
 
-    def whole_number(self, path: str, raw: object) -> object:
+    def number(self, path: str, raw: object) -> object:
         """`raw` after `${ENV}` expansion, a string of ASCII digits turned into an int."""
-        raw = self.expand(path, raw)
-        if isinstance(raw, str) and _WHOLE_NUMBER.fullmatch(raw.strip()):
-            return int(raw.strip())
-        return raw
-
-    def retries(self, path: str, raw: object) -> int | None:
-        value = self.whole_number(path, raw)
-        if value is None and raw is not None:
-            return None  # an unset environment variable, already reported
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
-            self.error(
-                path,
-                f"must be a whole number from 0 to {MAX_RETRIES} {self.got(path, raw)}",
-            )
-            return None
+        value = self.expand(path, raw)
+        if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value.strip()):
+            return int(value.strip())
         return value
 
-    def language(self, path: str, raw: object) -> str | None:
-        text = self.required_string(path, raw)
-        if text is not None and not _LANGUAGE.fullmatch(text):
-            self.error(
-                path,
-                f"must be a language code such as en-US or zh-CN {self.got(path, text)}",
-            )
-            return None
-        return text
+    def retries(self, path: str, raw: object) -> int:
+        value = self.number(path, raw)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+            raise Invalid(f"must be a whole number from 0 to {MAX_RETRIES} {self.got(path, raw)}")
+        return value
 
     def kilobyte(self, path: str, raw: object) -> int | None:
-        value = self.whole_number(path, raw)
+        value = self.number(path, raw)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value not in (1000, 1024):
-            self.error(path, f"must be 1024 or 1000 {self.got(path, raw)}")
-            return None
+            raise Invalid(f"must be 1024 or 1000 {self.got(path, raw)}")
         return value
 
-    def auth(self, path: str, raw: object) -> Auth | None:
-        if not isinstance(raw, dict):
-            self.error(path, "must be a mapping with app_id + app_secret(_file), or token(_file)")
-            return None
-        self.unknown_keys(path, raw, APP_KEYS | TOKEN_KEYS)
-        keys = set(raw)
-        if keys & APP_KEYS and keys & TOKEN_KEYS:
-            self.error(path, "has keys of both app and token authentication; use exactly one kind")
-            return None
-        if keys & APP_KEYS:
-            app_id = self.required_string(f"{path}.app_id", raw.get("app_id"), printable=True)
-            secret = self.secret(path, raw, "app_secret")
-            return AppAuth(app_id=app_id, secret=secret) if app_id and secret else None
-        if keys & TOKEN_KEYS:
-            token = self.secret(path, raw, "token")
-            return TokenAuth(token=token) if token else None
-        self.error(path, "must hold app_id + app_secret(_file), or token(_file)")
-        return None
+    def concurrency(self, path: str, raw: object) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_CONCURRENCY:
+            raise Invalid(
+                f"must be a whole number from 1 to {MAX_CONCURRENCY} {self.got(path, raw)}"
+            )
+        return raw
 
-    def secret(self, path: str, raw: dict[str, Any], key: str) -> SecretRef | None:
-        file_key = f"{key}_file"
-        if key in raw and file_key in raw:
-            self.error(path, f"set either {key} or {file_key}, not both")
-            return None
-        if key in raw:
-            if not isinstance(raw[key], str):
-                self.error(f"{path}.{key}", "must be a non-empty string")
-                return None
-            value = self.expand(f"{path}.{key}", raw[key])
-            if value is None:
-                return None
-            if not value:
-                self.error(f"{path}.{key}", "must not be empty")
-                return None
-            if not str(value).isprintable():
-                self.error(f"{path}.{key}", f"must not contain {_CONTROL} (value not shown)")
-                return None
-            return SecretRef(key=key, value=Secret(str(value)))
-        if file_key in raw:
-            name = self.required_string(f"{path}.{file_key}", raw[file_key])
-            if name is None:
-                return None
-            file = self.resolve(name)
-            if self.check_secret_file(f"{path}.{file_key}", file):
-                return SecretRef(key=file_key, path=file)
-            return None
-        self.error(path, f"missing {key} or {file_key}")
-        return None
+    def language(self, path: str, raw: object) -> str:
+        text = self.string(path, raw)
+        if not _LANGUAGE.fullmatch(text):
+            raise Invalid(f"must be a language code such as en-US or zh-CN {self.got(path, text)}")
+        return text
 
-    def check_secret_file(self, path: str, file: Path) -> bool:
-        """Read the file now, so a broken one fails the config check rather than every poll.
+    def name(self, path: str, raw: object) -> str:
+        name = self.string(path, raw)
+        if len(name) > _NAME_LIMIT or not name.isprintable():
+            raise Invalid(f"must be printable and at most {_NAME_LIMIT} characters")
+        return name
 
-        Its content is never shown, only its name.
-        """
-        shown = self.show_file(path, file)
-        try:
-            content = read_secret_file(file)
-        except FileNotFoundError:
-            self.error(path, f"no such file: {shown}")
-            return False
-        except IsADirectoryError:
-            self.error(path, f"is a directory, not a file: {shown}")
-            return False
-        except OSError as exc:
-            self.error(path, f"cannot read {shown}: {_os_reason(exc)}")
-            return False
-        except UnicodeDecodeError:
-            self.error(path, f"cannot read {shown}: not UTF-8 text")
-            return False
-        if not content:
-            self.error(path, f"file is empty: {shown}")
-            return False
-        if not content.isprintable():
-            self.error(path, f"contains {_CONTROL}: {shown}")
-            return False
-        return True
-
-    def required_string(
-        self, path: str, raw: object, *, quote_hint: bool = False, printable: bool = False
-    ) -> str | None:
-        if raw is None:
-            self.error(path, "is required")
-            return None
-        raw = self.expand(path, raw)
-        if raw is None:
-            return None
-        if isinstance(raw, int | float) and not isinstance(raw, bool) and quote_hint:
-            self.error(path, "must be a string: quote it, as YAML may alter long numbers")
-            return None
+    def secret(self, path: str, raw: object) -> Secret:
+        """An inline secret; only the key and the kind of problem are ever shown."""
         if not isinstance(raw, str):
-            self.error(path, f"must be a string (got {type(raw).__name__})")
-            return None
+            raise Invalid("must be a non-empty string")
+        value = str(self.expand(path, raw))
+        if not value:
+            raise Invalid("must not be empty")
+        if not value.isprintable():
+            raise Invalid(f"must not contain {_CONTROL} (value not shown)")
+        return Secret(value)
+
+    def string(
+        self, path: str, raw: object, *, quote_hint: bool = False, printable: bool = False
+    ) -> str:
+        if raw is None:
+            raise Invalid(REQUIRED)
+        raw = self.expand(path, raw)
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and quote_hint:
+            raise Invalid("must be a string: quote it, as YAML may alter long numbers")
+        if not isinstance(raw, str):
+            raise Invalid(f"must be a string (got {type(raw).__name__})")
         if not raw.strip():
-            self.error(path, "must not be empty")
-            return None
+            raise Invalid("must not be empty")
         if printable and not raw.isprintable():
             # Such values would be sent in HTTP headers, where they fail (or smuggle) later.
-            self.error(path, f"must not contain {_CONTROL}")
-            return None
+            raise Invalid(f"must not contain {_CONTROL}")
         return raw
 
     def expand(self, path: str, raw: object) -> object:
@@ -968,25 +796,105 @@ class _Checker:
             self.from_env[path] = list(dict.fromkeys(used))
         for name in missing:
             self.error(path, f"environment variable {name} is not set")
-        return None if missing else expanded
+        if missing:
+            raise Invalid
+        return expanded
 
-    def unknown_keys(self, path: str, raw: dict[Any, Any], allowed: frozenset[str]) -> None:
-        for key in raw:
-            if key not in allowed:
-                where = f"{path}.{show_key(key)}" if path else show_key(key)
-                self.error(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+def _secret_ref(values: Mapping[str, Any], key: str) -> SecretRef:
+    """The SecretRef of an Either(key, key_file) pair, whichever was set."""
+    if key in values:
+        return SecretRef(key=key, value=values[key])
+    return SecretRef(key=f"{key}_file", path=values[f"{key}_file"])
+
+
+def _built_in(name: str) -> Any:
+    """An inheritable setting's built-in value: AccountConfig's default, declared once."""
+    return AccountConfig.__dataclass_fields__[name].default
+
+
+_NO_ACCOUNTS = "must be a non-empty list of accounts"
+_ACCOUNT_HOLDERS = ("defaults", "accounts")
+_AUTH_KINDS = "app_id + app_secret(_file), or token(_file)"
+# The lower limits of interval and timeout depend on the endpoint: `schedule` checks them.
+_INTERVAL = partial(_Checker.duration, at_most=MAX_INTERVAL)
+# At most half the X-Date window (docs/koodrive-api.md section 2.2), leaving room for skew.
+_X_DATE_MARGIN = partial(_Checker.duration, allow_zero=True, below=X_DATE_WINDOW / 2)
+# Both are sent as HTTP headers; a user id written as a number has lost digits to YAML.
+_HEADER_TEXT = partial(_Checker.string, printable=True)
+_USER_ID = partial(_Checker.string, quote_hint=True, printable=True)
+# The keys an account inherits from `defaults`, in the order they are checked; the
+# table in the README's "Configuration reference" lists the same (tests/test_config.py).
+_INHERITED: tuple[Key[_Checker], ...] = (
+    Key("endpoint", _Checker.endpoint, _built_in("endpoint"), doc="API base URL"),
+    Key("interval", _INTERVAL, _built_in("interval"), doc="time between polls"),
+    Key("timeout", _INTERVAL, _built_in("timeout"), doc="total time for one request"),
+    Key("language", _Checker.language, _built_in("language"), doc="`language` header"),
+    Key("kilobyte", _Checker.kilobyte, _built_in("kilobyte"), doc="bytes per KB, 1024 or 1000"),
+    Key("retries", _Checker.retries, _built_in("retries"), doc="retries within an interval"),
+    Key("backoff", _Checker.duration, _built_in("backoff"), doc="retry backoff base"),
+    Key("x_date_margin", _X_DATE_MARGIN, _built_in("x_date_margin"), doc="X-Date lead"),
+    Key("stale_after", _Checker.duration, doc="default: 3 x interval"),
+    Key("ca_file", _Checker.ca_file, doc="PEM bundle for KooDrive's certificate"),
+    Key("insecure_skip_verify", _Checker.boolean, False, doc="skip certificate checks"),
+)
+_DEFAULTS = Section(_INHERITED)
+_APP_AUTH: Section[_Checker] = Section(
+    (
+        Key("app_id", _HEADER_TEXT, missing=REQUIRED, doc="the AppId"),
+        Either((Key("app_secret", _Checker.secret), Key("app_secret_file", _Checker.secret_file))),
+    ),
+    build=lambda _c, _path, v: AppAuth(app_id=v["app_id"], secret=_secret_ref(v, "app_secret")),
+)
+_TOKEN_AUTH: Section[_Checker] = Section(
+    (Either((Key("token", _Checker.secret), Key("token_file", _Checker.secret_file))),),
+    build=lambda _c, _path, v: TokenAuth(token=_secret_ref(v, "token")),
+)
+_AUTH = Choice(
+    (_APP_AUTH, _TOKEN_AUTH),
+    mixed="has keys of both app and token authentication; use exactly one kind",
+    neither=f"must hold {_AUTH_KINDS}",
+    not_mapping=f"must be a mapping with {_AUTH_KINDS}",
+)
+_ACCOUNT = Section(
+    (
+        Key("name", _Checker.name, missing=REQUIRED, doc="the `account` label; unique"),
+        Key("user_id", _USER_ID, missing=REQUIRED, doc="KooDrive user id, `X-User-Id`"),
+        Key("auth", _AUTH, missing=_AUTH.not_mapping, doc="app or token authentication"),
+        *_INHERITED,
+    )
+)
+_CONFIG = Section(
+    (
+        Key("defaults", _Checker.defaults, {}, doc="settings every account inherits"),
+        Key("accounts", _Checker.accounts, missing=_NO_ACCOUNTS, doc="the accounts to poll"),
+        Key("max_concurrency", _Checker.concurrency, DEFAULT_MAX_CONCURRENCY, doc="polls at once"),
+    ),
+    not_mapping="config must be a mapping with `defaults` and `accounts`",
+)
+
+
+def reference() -> dict[str, str]:
+    """Every key that holds a value -> where it may be set: what the README's configuration
+    reference must list (`defaults` and `accounts` hold the others)."""
+    inherited = {key.name for key in _INHERITED}
+    top = {key.name: "top level" for key in _CONFIG.declared() if key.name not in _ACCOUNT_HOLDERS}
+    return top | {
+        name: "defaults, account" if name in inherited else "account"
+        for name, _key in leaves(_ACCOUNT)
+    }
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:
     """PyYAML's problem and, where it has one, the context that started it (an unclosed quote
     is reported at the end of the file, but the operator needs the line where it opened)."""
     if not isinstance(exc, yaml.MarkedYAMLError):
-        return _cut(str(exc), 300)
+        return cut(str(exc), 300)
     parts = []
     if exc.context and exc.context_mark is not None:
         mark = exc.context_mark
-        parts.append(f"{_cut(exc.context, 200)} at line {mark.line + 1}, column {mark.column + 1}")
-    problem = _cut(exc.problem or "syntax error", 200)
+        parts.append(f"{cut(exc.context, 200)} at line {mark.line + 1}, column {mark.column + 1}")
+    problem = cut(exc.problem or "syntax error", 200)
     if exc.problem_mark is not None:
         mark = exc.problem_mark
         problem += f" at line {mark.line + 1}, column {mark.column + 1}"
@@ -996,10 +904,6 @@ def _yaml_reason(exc: yaml.YAMLError) -> str:
 
 def _os_reason(exc: Exception) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-
-
-def _cut(text: str, limit: int = SHOWN_VALUE_LIMIT) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _size(limit: int) -> str:

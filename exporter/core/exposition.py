@@ -30,7 +30,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.process_collector import ProcessCollector
 
-from .metrics import ACCOUNT_METRICS, GLOBAL_METRICS, Metric, Number
+from .endpoints import ACCOUNT_METRICS, GLOBAL_METRICS
+from .metrics import ACCOUNT, POLL, PRIMARY, Metric, Number
 from .state import AccountState, DurationHistogram, ExporterState
 
 CHUNK = 256
@@ -88,20 +89,42 @@ def labelled(name: str, head: str, labels: tuple[str, ...], values: Mapping) -> 
 
 
 _NOTHING = ("",) * len(ACCOUNT_METRICS)
-# Per row of ACCOUNT_METRICS: its name, its source, and its labels beyond `account`; read
-# once here because account_lines runs for every account on a relayout.
-_ROWS = tuple((metric.name, metric.value, metric.labels[1:]) for metric in ACCOUNT_METRICS)
+# The collectors whose results rows read, in first-use order; a row's `slot` indexes them.
+_SOURCES = tuple(
+    dict.fromkeys(m.source for m in ACCOUNT_METRICS if m.source not in (POLL, ACCOUNT))
+)
+# Per row of ACCOUNT_METRICS: its name, its value function, its labels beyond `account`,
+# and which argument the function reads (see account_lines); read once here because
+# account_lines runs for every account on a relayout.
+_ARGUMENTS = (POLL, ACCOUNT, *_SOURCES)
+_ROWS = tuple(
+    (metric.name, metric.value, metric.labels[1:], _ARGUMENTS.index(metric.source))
+    for metric in ACCOUNT_METRICS
+)
+# Per row: which slot of _SOURCES decides its staleness, or None if it never goes stale.
+_STALE_SLOTS = tuple(
+    _SOURCES.index(metric.source) if metric.stale else None for metric in ACCOUNT_METRICS
+)
 
 
 def account_lines(name: str, account: AccountState) -> tuple[str, ...]:
     """One string per row of ACCOUNT_METRICS: this account's lines for it, or ""."""
-    if account.last is None:  # never polled: every source would say None anyway
-        return _NOTHING
+    if not account.polled:
+        return _NOTHING  # every row would say None anyway
+    collectors = account.collectors
+    # What the rows read, in _ARGUMENTS order: the primary collector's state, the account,
+    # and each source's last result; None where there is none, which means no sample.
+    arguments: list[object] = [collectors.get(PRIMARY), account]
+    for source in _SOURCES:
+        collector = collectors.get(source)
+        success = collector.last_success if collector is not None else None
+        arguments.append(success.result if success is not None else None)
     head = f'{{account="{label_value(name)}"'
     lines: list[str] = []
     append = lines.append
-    for metric, source, extra in _ROWS:
-        value = source(account)
+    for metric, source, extra, argument in _ROWS:
+        target = arguments[argument]
+        value = None if target is None else source(target)
         if value is None:
             append("")
         elif extra:
@@ -184,12 +207,12 @@ class Exposition:
         self._names: list[str] = []
         self._index: dict[str, int] = {}
         self._lines: list[tuple[str, ...]] = []
-        self._deadlines: list[float] = []
+        # Per account, per slot of _SOURCES: until when that collector's rows may be shown.
+        self._deadlines: list[tuple[float, ...]] = []
         self._chunks: list[list[bytes]] = []  # [metric][chunk] -> bytes, shared by formats
         self._dirty: set[int] = set()
         self._stale_heap: list[tuple[float, str]] = []
         self._valid_until = 0.0
-        self._stale = tuple(metric.stale for metric in ACCOUNT_METRICS)
         self._bodies = (_Body(TEXT), _Body(OPENMETRICS))  # indexed by Format.openmetrics
 
     def render(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
@@ -264,13 +287,14 @@ class Exposition:
         self._names = list(accounts)
         self._index = {name: i for i, name in enumerate(self._names)}
         self._lines = [account_lines(name, account) for name, account in accounts.items()]
-        self._deadlines = [_deadline(account) for account in accounts.values()]
+        self._deadlines = [_deadlines(account) for account in accounts.values()]
         chunks = (len(self._names) + CHUNK - 1) // CHUNK
         self._chunks = [[b""] * chunks for _ in ACCOUNT_METRICS]
-        # A passed deadline is not pushed: that account renders stale right away.
+        # A passed deadline is not pushed: those rows of the account render stale right away.
         self._stale_heap = [
             (deadline, name)
-            for name, deadline in zip(self._names, self._deadlines, strict=True)
+            for name, deadlines in zip(self._names, self._deadlines, strict=True)
+            for deadline in deadlines
             if deadline >= now
         ]
         heapq.heapify(self._stale_heap)
@@ -280,22 +304,31 @@ class Exposition:
         name = self._names[index]
         account = self._state.accounts[name]
         self._lines[index] = account_lines(name, account)
-        self._deadlines[index] = deadline = _deadline(account)
-        if deadline >= now:
-            heapq.heappush(self._stale_heap, (deadline, name))
+        self._deadlines[index] = deadlines = _deadlines(account)
+        for deadline in deadlines:
+            if deadline >= now:
+                heapq.heappush(self._stale_heap, (deadline, name))
         self._dirty.add(index // CHUNK)
 
     def _render_chunk(self, chunk: int, now: float) -> None:
         rows = slice(chunk * CHUNK, (chunk + 1) * CHUNK)
         lines = self._lines[rows]
         deadlines = self._deadlines[rows]
-        fresh = [row for row, deadline in zip(lines, deadlines, strict=True) if now <= deadline]
-        for family, stale in enumerate(self._stale):
-            pieces = [row[family] for row in (fresh if stale else lines)]
+        fresh = [
+            [row for row, until in zip(lines, deadlines, strict=True) if now <= until[slot]]
+            for slot in range(len(_SOURCES))
+        ]
+        for family, slot in enumerate(_STALE_SLOTS):
+            pieces = [row[family] for row in (lines if slot is None else fresh[slot])]
             self._chunks[family][chunk] = "".join(pieces).encode()
 
 
-def _deadline(account: AccountState) -> float:
-    """Until when the account's stale metrics may be shown; -inf when they never may."""
-    deadline = account.space_deadline()
-    return -math.inf if deadline is None else deadline
+def _deadlines(account: AccountState) -> tuple[float, ...]:
+    """Per slot of _SOURCES, until when that collector's rows may be shown (-inf: never)."""
+    collectors, stale_after = account.collectors, account.stale_after
+    deadlines: list[float] = []
+    for source in _SOURCES:
+        collector = collectors.get(source)
+        success = collector.last_success if collector is not None else None
+        deadlines.append(-math.inf if success is None else success.started_at + stale_after)
+    return tuple(deadlines)

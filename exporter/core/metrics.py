@@ -1,36 +1,47 @@
 """Every metric the exporter serves, declared once; the exposition and the README follow it.
 
 A row says what a metric is (name, type, help, unit, labels), where its value comes from, and
-whether it leaves the body when its account's data goes stale. The exposition renders both
-text formats from these rows, and a test holds the README's metrics reference to them, so a
-metric cannot be added, renamed or re-documented in one place only.
+whether it leaves the body when its data goes stale. The exposition renders both text formats
+from these rows, and a test holds the README's metrics reference to them, so a metric cannot
+be added, renamed or re-documented in one place only.
 
-Values come from plain functions of the state, so the table stays free of rendering:
+Values come from plain functions, so the table stays free of rendering. A per-account metric
+(labels start with `account`) reads, depending on its `source`:
 
-- a per-account metric (labels start with `account`) reads an `AccountState` and returns a
-  number, None for "no sample for this account", or, when it has labels beyond `account`, a
-  mapping from the tuple of those labels' values to a number;
-- an exporter-wide metric reads the `ExporterState` the same way (a histogram returns its
-  `DurationHistogram`).
+- a collector's result (`source` names the collector, which is how an endpoint definition
+  declares the metrics it feeds, see endpoints.py): the parsed answer of that collector's
+  last successful poll;
+- the state of the PRIMARY collector (`source` is POLL): the account's health as dashboards
+  and alerts have always read it (`koodrive_up` means the space usage overview);
+- the whole `AccountState` (`source` is ACCOUNT).
+
+It returns a number, None for "no sample for this account", or, when it has labels beyond
+`account`, a mapping from the tuple of those labels' values to a number. An exporter-wide
+metric reads the `ExporterState` the same way (a histogram returns its `DurationHistogram`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .. import __version__
 from .model import Reason
-from .state import AccountState, DurationHistogram, ExporterState
+from .state import CollectorState, DurationHistogram, ExporterState
 
 Number = int | float
 Value = Number | Mapping[tuple[str, ...], Number] | DurationHistogram | None
 Kind = Literal["gauge", "counter", "histogram"]
 
-CACHED = "Cached from the last successful poll of the space usage overview"
-STALE = "dropped when that poll is older than stale_after"
+# The collector whose polls koodrive_up and the other health rows describe.
+PRIMARY = "overview"
+# Pseudo-sources of rows that read state rather than a collector's result.
+POLL = ":poll"
+ACCOUNT = ":account"
+EXPORTER = ":exporter"
 REASONS = ", ".join(reason.value for reason in Reason)
 
 
@@ -41,11 +52,13 @@ class Metric:
     name: str
     type: Kind
     help: str
-    value: Callable[[AccountState], Value] | Callable[[ExporterState], Value]
+    value: Callable[[Any], Value]
     labels: tuple[str, ...] = ()
+    # What `value` reads: a collector's name (its last result), POLL, ACCOUNT or EXPORTER.
+    source: str = POLL
     # OpenMetrics unit; the spec wants it as the name's suffix, which the table checks below.
     unit: str = ""
-    # Leaves the body once the account's last success is older than its stale_after.
+    # Leaves the body once its collector's last success is older than stale_after.
     stale: bool = False
 
     @property
@@ -58,49 +71,31 @@ class Metric:
         return self.name.removesuffix("_total") if self.type == "counter" else self.name
 
 
-# The sources run for every account on a relayout, hence no shared helper for the usage.
-def _capacity(account: AccountState) -> int | None:
-    success = account.last_success
-    usage = success.usage if success is not None else None
-    return usage.capacity if usage is not None else None
-
-
-def _used(account: AccountState) -> int | None:
-    success = account.last_success
-    usage = success.usage if success is not None else None
-    return usage.used if usage is not None else None
-
-
-def _allocated(account: AccountState) -> int | None:
-    success = account.last_success
-    usage = success.usage if success is not None else None
-    return usage.allocated if usage is not None else None
-
-
-def _up(account: AccountState) -> int | None:
-    last = account.last
+# The sources run for every account on a relayout: they stay flat, one attribute at a time.
+def _up(poll: CollectorState) -> int | None:
+    last = poll.last
     if last is None:
         return None
     return 1 if last.reason is None else 0  # Snapshot.ok, without a property call
 
 
-def _last_success(account: AccountState) -> float | None:
-    success = account.last_success
+def _last_success(poll: CollectorState) -> float | None:
+    success = poll.last_success
     return success.started_at if success is not None else None
 
 
-def _last_duration(account: AccountState) -> float | None:
-    last = account.last
+def _last_duration(poll: CollectorState) -> float | None:
+    last = poll.last
     return last.duration if last is not None else None
 
 
-def _clock_skew(account: AccountState) -> float | None:
-    last = account.last
+def _clock_skew(poll: CollectorState) -> float | None:
+    last = poll.last
     return last.clock_skew if last is not None else None
 
 
-def _errors(account: AccountState) -> Mapping[tuple[str, ...], int] | None:
-    errors = account.errors
+def _errors(poll: CollectorState) -> Mapping[tuple[str, ...], int] | None:
+    errors = poll.errors
     return {(reason.value,): count for reason, count in errors.items()} if errors else None
 
 
@@ -108,36 +103,8 @@ def _build_info(_: ExporterState) -> Mapping[tuple[str, ...], int]:
     return {(platform.python_version(), __version__): 1}
 
 
-METRICS: tuple[Metric, ...] = (
-    # Per account, in output order.
-    Metric(
-        "koodrive_space_capacity_bytes",
-        "gauge",
-        f"Total space quota (totalCapacity) in bytes. {CACHED}; {STALE}.",
-        _capacity,
-        labels=("account",),
-        unit="bytes",
-        stale=True,
-    ),
-    Metric(
-        "koodrive_space_used_bytes",
-        "gauge",
-        f"Total space used (totalUsed) in bytes; may exceed capacity. {CACHED}; {STALE}.",
-        _used,
-        labels=("account",),
-        unit="bytes",
-        stale=True,
-    ),
-    Metric(
-        "koodrive_space_allocated_bytes",
-        "gauge",
-        "Total space allocated to users and departments (totalAllocation) in bytes. "
-        f"{CACHED}; {STALE}.",
-        _allocated,
-        labels=("account",),
-        unit="bytes",
-        stale=True,
-    ),
+# Per account, after the endpoints' rows, in output order; then exporter-wide.
+HEALTH: tuple[Metric, ...] = (
     Metric(
         "koodrive_up",
         "gauge",
@@ -177,13 +144,13 @@ METRICS: tuple[Metric, ...] = (
         _errors,
         labels=("account", "reason"),
     ),
-    # Exporter-wide.
     Metric(
         "koodrive_poll_duration_seconds",
         "histogram",
         "Duration of polls of the space usage overview, all accounts, retries included.",
         lambda state: state.poll_duration,
         unit="seconds",
+        source=EXPORTER,
     ),
     Metric(
         "koodrive_exporter_build_info",
@@ -191,12 +158,14 @@ METRICS: tuple[Metric, ...] = (
         "Always 1; labels tell the exporter and Python versions.",
         _build_info,
         labels=("python_version", "version"),
+        source=EXPORTER,
     ),
     Metric(
         "koodrive_exporter_config_last_reload_successful",
         "gauge",
         "1 if the last configuration reload succeeded (or none was tried), 0 otherwise.",
         lambda state: int(state.reload.successful),
+        source=EXPORTER,
     ),
     Metric(
         "koodrive_exporter_config_last_reload_success_timestamp_seconds",
@@ -204,17 +173,28 @@ METRICS: tuple[Metric, ...] = (
         "Unix time of the last successful configuration load or reload.",
         lambda state: state.reload.last_success,
         unit="seconds",
+        source=EXPORTER,
     ),
     Metric(
         "koodrive_exporter_shard_accounts",
         "gauge",
         "Accounts this replica polls (all configured accounts when not sharded).",
         lambda state: len(state.accounts),
+        source=EXPORTER,
     ),
 )
 
-ACCOUNT_METRICS = tuple(metric for metric in METRICS if metric.per_account)
-GLOBAL_METRICS = tuple(metric for metric in METRICS if not metric.per_account)
+
+def table(feeds: Iterable[tuple[str, tuple[Metric, ...]]]) -> tuple[Metric, ...]:
+    """The full table: each collector's rows (reading its result), then the health rows.
+
+    `feeds` pairs a collector's name with the rows its endpoint declares; their `source`
+    is set here, so a definition cannot feed a metric from another collector's answer.
+    """
+    rows = [dataclasses.replace(m, source=name) for name, metrics in feeds for m in metrics]
+    metrics = (*rows, *HEALTH)
+    _check(metrics)
+    return metrics
 
 
 def _check(metrics: tuple[Metric, ...]) -> None:
@@ -227,11 +207,10 @@ def _check(metrics: tuple[Metric, ...]) -> None:
             raise ValueError(f"{metric.name}: unit {metric.unit!r} is not the name's suffix")
         if (metric.type == "counter") != metric.name.endswith("_total"):
             raise ValueError(f"{metric.name}: counters, and only counters, end in _total")
-        if metric.stale and not metric.per_account:
-            raise ValueError(f"{metric.name}: only per-account metrics can go stale")
+        if metric.per_account == (metric.source == EXPORTER):
+            raise ValueError(f"{metric.name}: per-account metrics, and only those, read accounts")
+        if metric.stale and metric.source.startswith(":"):
+            raise ValueError(f"{metric.name}: only a collector's results can go stale")
     per_account = [metric.per_account for metric in metrics]
     if per_account != sorted(per_account, reverse=True):
         raise ValueError("per-account metrics come first: the body keeps them in one block")
-
-
-_check(METRICS)

@@ -102,17 +102,20 @@ class UsageBytes:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The outcome of one poll of one account; immutable so readers never see it half-written.
+    """The outcome of one poll of one collector of one account; immutable so readers never
+    see it half-written.
 
-    `usage` is set only on success. `started_at` is wall-clock time (for timestamps shown to
-    people); `duration` comes from the monotonic clock.
+    `result` is what the collector's endpoint parser made of the answer, set only on
+    success. `started_at` is wall-clock time (for timestamps shown to people); `duration`
+    comes from the monotonic clock.
     """
 
     account: str
+    collector: str
     started_at: float
     duration: float
     trace_id: str
-    usage: UsageBytes | None = None
+    result: object | None = None
     reason: Reason | None = None
     detail: str = ""
     # Every failed attempt of this poll, retries included (the last one is `reason` if the

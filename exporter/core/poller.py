@@ -1,9 +1,13 @@
-"""The asyncio scheduler: one loop per account, polling in the background.
+"""The asyncio scheduler: one loop per collector of each account, polling in the background.
 
 Polling on a timer, not on scrape, keeps HA Prometheus pairs and probes from multiplying
 upstream calls, and keeps every scrape independent of the network (docs/design.md section
-2). Each account awaits its own poll, retries included, before scheduling the next, so two
-polls of one account never overlap, and a hung account only ever delays itself.
+2). Each loop awaits its own poll, retries included, before scheduling the next, so two
+polls of one collector never overlap, and a hung account only ever delays itself. Which
+endpoint a collector polls is data (core/endpoints.py); the loops do not care.
+
+The account list is the state's: the poller starts a loop for each collector it lists and,
+on a reload, is the one that changes the list, stopping and starting loops to match.
 
 Time comes from outside. Schedules, sleeps and timeouts follow the running event loop's
 clock (loop.time, asyncio.sleep, asyncio.timeout), so whoever runs the poller chooses the
@@ -18,13 +22,14 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import structlog
 
-from .config import AccountConfig
-from .model import FetchError, Reason, Snapshot, Usage
+from .config import DEFAULT_MAX_CONCURRENCY, AccountConfig, CollectorConfig
+from .endpoints import ENDPOINTS, Endpoint
+from .model import FetchError, Reason, Snapshot
 from .state import ExporterState
 
 # The first round is spread over a few seconds, not over a whole interval: readiness should
@@ -47,10 +52,14 @@ TICK = 0.1
 RETRY_AFTER_CAP = 600.0
 
 
-class OverviewSource(Protocol):
+class Source(Protocol):
+    """Where results come from: the KooDrive client, or a test's fake."""
+
     def new_trace_id(self) -> str: ...
 
-    async def overview(self, account: AccountConfig, trace_id: str) -> Usage: ...
+    async def fetch(self, account: AccountConfig, endpoint: Endpoint, trace_id: str) -> object:
+        """The endpoint's parsed answer for the account; FetchError when there is none."""
+        ...
 
     async def credentials_changed(self, account: AccountConfig) -> bool: ...
 
@@ -95,41 +104,43 @@ def backoff_delay(rng: random.Random, base: float, retry: int, cap: float) -> fl
 class Poller:
     def __init__(
         self,
-        accounts: Iterable[AccountConfig],
-        source: OverviewSource,
+        source: Source,
         state: ExporterState,
         log: structlog.typing.FilteringBoundLogger,
         *,
         rng: random.Random | None = None,
         startup_window: float | None = None,
         timeout_grace: float = TIMEOUT_GRACE,
-        max_concurrency: int = 64,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         wall_clock: Callable[[], float] = time.time,
         retry_after_cap: float = RETRY_AFTER_CAP,
         stopwatch: Callable[[], float] = time.perf_counter,
+        endpoints: Mapping[str, Endpoint] = ENDPOINTS,
     ) -> None:
         """`wall_clock` stamps when a poll started and `stopwatch` times it; both are
         injectable so a test on virtual time sees the durations its loop simulated."""
-        self._accounts = {account.name: account for account in accounts}
         self._source = source
         self._state = state
         self._log = log
+        self._endpoints = endpoints
         self._rng = rng or random.Random()  # noqa: S311 - scheduling jitter, not security
         self._startup_window = startup_window  # None: startup_window(len(accounts))
         self._timeout_grace = timeout_grace
         self._wall_clock = wall_clock
         self._stopwatch = stopwatch
         self._retry_after_cap = retry_after_cap
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        # One loop per (account, collector), the account's loops under its name.
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}
         # Requests in flight over all accounts: thousands of accounts must not open
         # thousands of connections at once (backoff sleeps do not hold a slot).
         self._slots = asyncio.Semaphore(max_concurrency)
         self._max_concurrency = max_concurrency
 
     def start(self) -> None:
+        accounts = [state.config for state in self._state.accounts.values()]
         if self._startup_window is None:
-            self._startup_window = startup_window(len(self._accounts))
-        for account in self._accounts.values():
+            self._startup_window = startup_window(len(accounts))
+        for account in accounts:
             self._start(account)
 
     async def stop(self) -> None:
@@ -140,75 +151,85 @@ class Poller:
     ) -> tuple[int, int, int]:
         """Adopt a reloaded account list; returns (added, removed, changed).
 
-        Unchanged accounts keep their loop and their data; changed ones restart their loop
+        Unchanged accounts keep their loops and their data; changed ones restart their loops
         (keeping their last values until the new config has polled); removed ones stop.
         """
         if max_concurrency is not None and max_concurrency != self._max_concurrency:
             self._slots = asyncio.Semaphore(max_concurrency)
             self._max_concurrency = max_concurrency
+        old = {name: state.config for name, state in self._state.accounts.items()}
         new = {account.name: account for account in accounts}
-        removed = [name for name in self._accounts if name not in new]
-        changed = [n for n, a in new.items() if n in self._accounts and self._accounts[n] != a]
-        added = [name for name in new if name not in self._accounts]
-        unchanged = [name for name in new if name in self._accounts and name not in changed]
+        removed = [name for name in old if name not in new]
+        changed = [name for name, account in new.items() if name in old and old[name] != account]
+        added = [name for name in new if name not in old]
+        unchanged = [name for name in new if name in old and name not in changed]
         await self._cancel(removed + changed)
-        gone = [self._accounts[name] for name in removed + changed]
-        self._source.forget(gone, [self._accounts[name] for name in unchanged])
-        self._accounts = new
+        self._source.forget([old[n] for n in removed + changed], [old[n] for n in unchanged])
         self._state.set_accounts(new.values())
         for name in added + changed:
             self._start(new[name])
         return len(added), len(removed), len(changed)
 
     def _start(self, account: AccountConfig) -> None:
-        self._tasks[account.name] = asyncio.create_task(
-            self._run(account), name=f"poll:{account.name}"
-        )
+        self._tasks[account.name] = [
+            asyncio.create_task(
+                self._run(account, collector), name=f"poll:{account.name}:{collector.name}"
+            )
+            for collector in account.collectors
+        ]
 
     async def _cancel(self, names: list[str]) -> None:
-        tasks = [self._tasks.pop(name) for name in names if name in self._tasks]
+        tasks = [task for name in names for task in self._tasks.pop(name, ())]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, account: AccountConfig) -> None:
+    async def _run(self, account: AccountConfig, collector: CollectorConfig) -> None:
         loop = asyncio.get_running_loop()
+        interval = collector.interval
         window = self._startup_window if self._startup_window is not None else 0.0
-        await asyncio.sleep(first_delay(self._rng, account.interval, window))
+        await asyncio.sleep(first_delay(self._rng, interval, window))
         first = True
         while True:
             started = loop.time()
-            snapshot = await self.poll_once(account)
+            snapshot = await self.poll_once(account, collector)
             if first:
                 # The first round ran within seconds for a quick readiness; the second is
                 # placed anywhere in the next 0.5-1.5 intervals, so the accounts' phases
                 # spread evenly over the interval instead of bunching where they started.
                 first = False
-                due = started + account.interval * self._rng.uniform(0.5, 1.5)
+                due = started + interval * self._rng.uniform(0.5, 1.5)
             else:
-                due = started + next_delay(self._rng, account.interval)
+                due = started + next_delay(self._rng, interval)
             if snapshot.retry_after is not None:  # never undercut the upstream's wish...
-                due = max(due, loop.time() + self._deferral(account, snapshot.retry_after))
-            tick = min(TICK, account.interval / 20)
+                deferral = self._deferral(account, collector, snapshot.retry_after)
+                due = max(due, loop.time() + deferral)
+            tick = min(TICK, interval / 20)
             due = math.ceil(due / tick) * tick
             await asyncio.sleep(max(0.0, due - loop.time()))
 
-    def _deferral(self, account: AccountConfig, requested: float) -> float:
+    def _deferral(
+        self, account: AccountConfig, collector: CollectorConfig, requested: float
+    ) -> float:
         """...but never wait longer than the cap: one hostile header must not silence an
         account for a day. Deferrals beyond the interval are logged, as they leave a gap."""
-        applied = min(requested, retry_after_cap(account.interval, self._retry_after_cap))
-        if requested > account.interval:
+        applied = min(requested, retry_after_cap(collector.interval, self._retry_after_cap))
+        if requested > collector.interval:
             self._log.warning(
                 "poll_deferred",
                 account=account.name,
+                collector=collector.name,
                 retry_after_s=requested,
                 applied_s=applied,
                 capped=applied < requested,
             )
         return applied
 
-    async def poll_once(self, account: AccountConfig) -> Snapshot:
-        """Poll one account, with retries inside its interval; never raises (but cancel).
+    async def poll_once(
+        self, account: AccountConfig, collector: CollectorConfig | None = None
+    ) -> Snapshot:
+        """Poll one collector (by default the account's first), with retries inside its
+        interval; never raises (but cancel).
 
         Transient failures are retried with exponential backoff and full jitter, waiting
         at least as long as any Retry-After, and only while the retry still fits in the
@@ -216,20 +237,22 @@ class Poller:
         changed (a rotation the stat check had not yet seen); otherwise they wait for the
         next interval, as hammering a refused credential helps nobody.
         """
+        collector = collector or account.collectors[0]
+        endpoint = self._endpoints[collector.name]
         loop = asyncio.get_running_loop()
         started_at = self._wall_clock()
         t0 = self._stopwatch()
-        budget_end = loop.time() + account.interval
+        budget_end = loop.time() + collector.interval
         failures: list[Reason] = []
         error: FetchError | None = None
-        usage: Usage | None = None
+        result: object | None = None
         retries = 0
         rotation_retried = False
         trace_id = ""
         while True:
             trace_id = self._source.new_trace_id()
             try:
-                usage = await self._attempt(account, trace_id)
+                result = await self._attempt(account, endpoint, trace_id)
             except FetchError as exc:
                 error = exc
             else:
@@ -239,25 +262,27 @@ class Poller:
             if error.reason is Reason.AUTH and not rotation_retried:
                 rotation_retried = True
                 if await self._secret_rotated(account):
-                    self._log_attempt(account, trace_id, error, 0.0, "secret file changed")
+                    why = "secret file changed"
+                    self._log_attempt(account, endpoint, trace_id, error, 0.0, why)
                     continue
             if not error.transient or retries >= account.retries:
                 break
-            delay = backoff_delay(self._rng, account.backoff, retries, account.interval / 2)
+            delay = backoff_delay(self._rng, account.backoff, retries, collector.interval / 2)
             if error.retry_after is not None:
                 delay = max(delay, error.retry_after)
             if loop.time() + delay + account.timeout > budget_end:
                 break  # the retry would run into the next scheduled poll
-            self._log_attempt(account, trace_id, error, delay, "retrying")
+            self._log_attempt(account, endpoint, trace_id, error, delay, "retrying")
             retries += 1
             await asyncio.sleep(delay)
 
         snapshot = Snapshot(
             account=account.name,
+            collector=endpoint.name,
             started_at=started_at,
             duration=self._stopwatch() - t0,
             trace_id=trace_id,
-            usage=usage.in_bytes(account.kilobyte) if usage is not None else None,
+            result=result if error is None else None,
             reason=error.reason if error else None,
             detail=error.detail if error else "",
             failures=tuple(failures),
@@ -280,11 +305,11 @@ class Poller:
         except TimeoutError:
             return False
 
-    async def _attempt(self, account: AccountConfig, trace_id: str) -> Usage:
-        """One request, with every failure turned into a FetchError."""
+    async def _attempt(self, account: AccountConfig, endpoint: Endpoint, trace_id: str) -> object:
+        """One request (every page of it), with every failure turned into a FetchError."""
         try:
             async with self._slots, asyncio.timeout(account.timeout + self._timeout_grace):
-                return await self._source.overview(account, trace_id)
+                return await self._source.fetch(account, endpoint, trace_id)
         except FetchError:
             raise
         except TimeoutError:
@@ -295,11 +320,18 @@ class Poller:
             raise FetchError(Reason.INTERNAL, f"unexpected {type(exc).__name__}") from None
 
     def _log_attempt(
-        self, account: AccountConfig, trace_id: str, error: FetchError, delay: float, action: str
+        self,
+        account: AccountConfig,
+        endpoint: Endpoint,
+        trace_id: str,
+        error: FetchError,
+        delay: float,
+        action: str,
     ) -> None:
         self._log.debug(
             "poll_attempt_failed",
             account=account.name,
+            collector=endpoint.name,
             trace_id=trace_id,
             reason=str(error.reason),
             detail=error.detail,
@@ -310,18 +342,13 @@ class Poller:
     def _log_poll(self, snapshot: Snapshot) -> None:
         fields: dict[str, object] = {
             "account": snapshot.account,
+            "collector": snapshot.collector,
             "trace_id": snapshot.trace_id,
             "duration_ms": round(snapshot.duration * 1000, 1),
             "attempts": snapshot.attempts,
         }
-        if snapshot.usage is not None:
-            self._log.info(
-                "poll",
-                outcome="success",
-                used_bytes=snapshot.usage.used,
-                capacity_bytes=snapshot.usage.capacity,
-                **fields,
-            )
+        if snapshot.reason is None:
+            self._log.info("poll", outcome="success", **fields)
         else:
             self._log.warning(
                 "poll",

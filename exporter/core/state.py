@@ -10,27 +10,40 @@ import bisect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .config import AccountConfig
 from .model import Reason, Snapshot
+
+if TYPE_CHECKING:  # the config imports the endpoints, whose metrics read this module
+    from .config import AccountConfig
 
 # Poll latencies of a SaaS API: tens of milliseconds when healthy, up to the timeout when not.
 DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass(slots=True)
-class AccountState:
-    stale_after: float
+class CollectorState:
+    """The last outcome, and the last success, of one collector of one account."""
+
     last: Snapshot | None = None
     last_success: Snapshot | None = None
     errors: dict[Reason, int] = field(default_factory=dict)
 
-    def space_deadline(self) -> float | None:
-        """Until when the space gauges may be shown: the last success plus stale_after."""
-        success = self.last_success
-        if success is None or success.usage is None:
-            return None
-        return success.started_at + self.stale_after
+
+@dataclass(slots=True)
+class AccountState:
+    """One account as configured, and what each of its collectors has learned.
+
+    `collectors` follows the config's list, in its order; a collector that stays across a
+    reload keeps its state. `stale_after` and `polled` are kept as plain fields because the
+    exposition reads them for every account it renders.
+    """
+
+    config: AccountConfig
+    collectors: dict[str, CollectorState]
+    stale_after: float
+    # Whether any collector has finished a poll (the exposition skips accounts that have not).
+    polled: bool = False
 
 
 @dataclass(slots=True)
@@ -66,7 +79,11 @@ class ReloadStatus:
 
 
 class ExporterState:
-    """Per-account outcomes, error counters, the poll-duration histogram, reload status."""
+    """The account list, per-collector outcomes, the poll-duration histogram, reload status.
+
+    The one owner of the account list: the poller starts and stops its loops from it and
+    the exposition renders from it, so neither keeps a copy that could drift.
+    """
 
     def __init__(self, accounts: Iterable[AccountConfig], loaded_at: float = 0.0) -> None:
         self.accounts: dict[str, AccountState] = {}
@@ -81,23 +98,32 @@ class ExporterState:
         self.set_accounts(accounts)
 
     def set_accounts(self, accounts: Iterable[AccountConfig]) -> None:
-        """Adopt a new account list: keep what is known of accounts that stay, drop the rest."""
+        """Adopt a new account list: keep what is known of the collectors that stay (the
+        last values of a changed account remain until its new config has polled), drop
+        the rest."""
         fresh: dict[str, AccountState] = {}
         for account in accounts:
-            state = self.accounts.get(account.name)
-            if state is None:
-                state = AccountState(stale_after=account.stale_after_seconds)
-            state.stale_after = account.stale_after_seconds
-            fresh[account.name] = state
+            known = self.accounts.get(account.name)
+            before = known.collectors if known is not None else {}
+            collectors = {
+                c.name: before.get(c.name) or CollectorState() for c in account.collectors
+            }
+            polled = any(collector.last is not None for collector in collectors.values())
+            fresh[account.name] = AccountState(
+                account, collectors, account.stale_after_seconds, polled
+            )
         self.accounts = fresh
         self.layout += 1
         self.version += 1
 
     def record(self, snapshot: Snapshot) -> None:
-        state = self.accounts.get(snapshot.account)
-        if state is None:  # the account was removed while its poll was in flight
+        account = self.accounts.get(snapshot.account)
+        # None when the account, or this collector of it, was removed while the poll ran.
+        state = account.collectors.get(snapshot.collector) if account is not None else None
+        if state is None:
             return
         state.last = snapshot
+        account.polled = True
         if snapshot.reason is None:
             state.last_success = snapshot
         for reason in snapshot.failures:
@@ -114,14 +140,20 @@ class ExporterState:
 
     @property
     def ready(self) -> bool:
-        """True once every account has finished its first poll, successful or not.
+        """True once every collector of every account has finished its first poll,
+        successful or not.
 
         It stays true afterwards: an account added by a reload must not take a serving
         replica out of its Service while that account's first poll runs.
         """
         if not self._ever_ready:
-            self._ever_ready = all(a.last is not None for a in self.accounts.values())
+            self._ever_ready = self.waiting() == 0
         return self._ever_ready
 
     def waiting(self) -> int:
-        return sum(1 for account in self.accounts.values() if account.last is None)
+        """Accounts with a collector that has not finished its first poll."""
+        return sum(
+            1
+            for account in self.accounts.values()
+            if any(collector.last is None for collector in account.collectors.values())
+        )

@@ -1,4 +1,4 @@
-"""A faithful fake of KooDrive's space usage overview endpoint.
+"""A faithful fake of the KooDrive endpoints the exporter polls (core/endpoints.py).
 
 It enforces what the docs say (docs/koodrive-api.md sections 2 and 4): X-Date format and its
 one-sided 15-minute window, the HMAC signature for app accounts, the token for token
@@ -26,7 +26,7 @@ import ssl
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from enum import StrEnum
@@ -35,10 +35,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..core.config import AccountConfig, AppAuth, Config
+from ..core.endpoints import ENDPOINTS
 from ..core.model import FetchError, Usage
 from ..upstream.credentials import CredentialStore
 
-OVERVIEW_PATH = "/koodrive/ose/v1/space/usage/overview"
 X_DATE_WINDOW = 15 * 60
 _X_DATE = re.compile(r"\d{8}T\d{6}Z")
 _TRACE_ID = re.compile(r"[A-Za-z0-9]{58}")
@@ -132,7 +132,7 @@ DUPLICATE_KEYS_BODY = (
 # Header values a fault may send: anything an HTTP/1.1 field value can carry (no CR, LF or
 # NUL, which would split or end the header), up to a size well past any client's limit.
 _HEADER_VALUE = re.compile(r"[^\r\n\x00]{0,65536}")
-_FAULT_KEYS = frozenset({"kind", "seconds", "status", "retry_after", "code", "date"})
+_FAULT_KEYS = frozenset({"kind", "seconds", "status", "retry_after", "code", "date", "collector"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +146,8 @@ class Fault:
     retry_after: str = "1"
     code: int = 13000201
     date: str | None = None
+    # Only requests to this collector's endpoint misbehave; None: all of them.
+    collector: str | None = None
 
     @classmethod
     def from_json(cls, document: object) -> Fault:
@@ -168,7 +170,14 @@ class Fault:
             retry_after=_header_value(document.get("retry_after", "1"), "retry_after"),
             code=int(_number(document, "code", 13000201, integer=True)),
             date=None if date is None else _header_value(date, "date"),
+            collector=_collector(document.get("collector")),
         )
+
+
+def _collector(value: object) -> str | None:
+    if value is not None and value not in ENDPOINTS:
+        raise ValueError(f"collector must be one of {sorted(ENDPOINTS)}")
+    return value  # type: ignore[return-value]
 
 
 def _number(raw: dict[str, object], key: str, default: float, *, integer: bool = False) -> float:
@@ -206,7 +215,11 @@ class Simulator:
     """
 
     def __init__(
-        self, config: Config, *, clock: Callable[[], float] = time.time, history: int = 10_000
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        history: int = 10_000,
     ) -> None:
         self._clock = clock
         self._started = clock()
@@ -221,10 +234,20 @@ class Simulator:
         self.outcomes: Counter[str] = Counter()
         # Recent requests, for tests that check freshness of X-Dates and spacing of retries.
         self.seen: deque[Seen] = deque(maxlen=history)
+        # What each endpoint answers an authenticated request with: the `data` and
+        # envelope of a success, as a JSON-able object.
+        self._answers: dict[str, Callable[[str, web.Request], dict[str, object]]] = {
+            "overview": lambda name, _: _usage_body(self.usage(name)),
+        }
+        missing = set(ENDPOINTS) - set(self._answers)
+        if missing:
+            raise NotImplementedError(f"the simulator cannot answer {sorted(missing)}")
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get(OVERVIEW_PATH, self._overview)
+        for endpoint in ENDPOINTS.values():
+            handler = self._handler(endpoint.name, self._answers[endpoint.name])
+            app.router.add_get(endpoint.path, handler)
         app.router.add_get("/-/sim/accounts", self._admin_list)
         app.router.add_put("/-/sim/accounts/{name}/usage", self._admin_usage)
         app.router.add_put("/-/sim/accounts/{name}/fault", self._admin_fault)
@@ -261,7 +284,21 @@ class Simulator:
         offset = fault.seconds if fault and fault.kind is FaultKind.CLOCK_OFFSET else 0.0
         return self._clock() + self.clock_offset + offset
 
-    async def _overview(self, request: web.Request) -> web.StreamResponse:
+    def _handler(
+        self, collector: str, answer: Callable[[str, web.Request], dict[str, object]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, collector, answer)
+
+        return handle
+
+    async def _serve(
+        self,
+        request: web.Request,
+        collector: str,
+        answer: Callable[[str, web.Request], dict[str, object]],
+    ) -> web.StreamResponse:
+        """Authenticate like KooDrive, apply the account's fault, else `answer`."""
         candidates = self._by_user.get(request.headers.get("X-User-Id", ""), [])
         # A server has one clock: the account's clock-offset fault applies before auth.
         clock_of = candidates[0].name if candidates else None
@@ -275,6 +312,8 @@ class Simulator:
         try:
             account = self._authenticate(request, candidates, now)
             fault = self._faults.get(account.name)
+            if fault is not None and fault.collector not in (None, collector):
+                fault = None
             if fault is not None and fault.kind is FaultKind.EXPIRED_TOKEN:
                 raise Reject(401, 401, "access token expired")
             if fault is not None and fault.kind is FaultKind.WRONG_SIGNATURE:
@@ -286,9 +325,9 @@ class Simulator:
             return web.json_response(body, status=exc.status, headers=date)
         if fault is not None and fault.kind not in (FaultKind.CLOCK_OFFSET, FaultKind.DATE):
             self._note(request, account.name, f"fault:{fault.kind}", now)
-            return await self._misbehave(request, account.name, fault, date)
+            return await self._misbehave(request, account.name, fault, date, answer)
         self._note(request, account.name, "accepted", now)
-        return web.json_response(_usage_body(self.usage(account.name)), headers=date)
+        return web.json_response(answer(account.name, request), headers=date)
 
     def _note(self, request: web.Request, account: str, outcome: str, now: float) -> None:
         self.outcomes[outcome] += 1
@@ -298,12 +337,17 @@ class Simulator:
         )
 
     async def _misbehave(
-        self, request: web.Request, name: str, fault: Fault, headers: dict[str, str]
+        self,
+        request: web.Request,
+        name: str,
+        fault: Fault,
+        headers: dict[str, str],
+        answer: Callable[[str, web.Request], dict[str, object]],
     ) -> web.StreamResponse:
         kind = fault.kind
         if kind is FaultKind.LATENCY:
             await _sleep_while_connected(request, fault.seconds)
-            return web.json_response(_usage_body(self.usage(name)), headers=headers)
+            return web.json_response(answer(name, request), headers=headers)
         if kind is FaultKind.HANG:
             await _sleep_while_connected(request, 3600.0)
             return web.Response(status=504, headers=headers)
@@ -393,7 +437,7 @@ class Simulator:
             try:
                 if isinstance(account.auth, AppAuth):
                     secret = self._credentials.credentials(account).app_secret  # type: ignore[union-attr]
-                    failure = _verify_app_auth(request, account.auth.app_id, secret)
+                    failure = verify_app_auth(request, account.auth.app_id, secret)
                 else:
                     token = self._credentials.credentials(account).token  # type: ignore[union-attr]
                     ok = hmac.compare_digest(headers["Authorization"].encode(), token.encode())
@@ -465,7 +509,7 @@ async def _stream_huge(request: web.Request, headers: dict[str, str]) -> web.Str
     return response
 
 
-def _verify_app_auth(request: web.Request, app_id: str, secret: str) -> str:
+def verify_app_auth(request: web.Request, app_id: str, secret: str) -> str:
     """Recompute the documented signature; return why it fails, or "" when it matches."""
     match = _APP_AUTH.fullmatch(request.headers["Authorization"])
     if match is None:

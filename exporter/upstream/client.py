@@ -1,9 +1,11 @@
-"""The KooDrive HTTP client: one shared aiohttp session, one method per endpoint.
+"""The KooDrive HTTP client: one shared aiohttp session, any endpoint definition.
 
-Every failure leaves as a FetchError with a bounded `reason`; the poller never has to know
-about aiohttp's exception zoo. The response shape and units it relies on are in
-docs/koodrive-api.md section 2.3; the error shapes, and the reason each one maps to, in its
-section 5.
+It signs, sends and pages a request to whichever endpoint it is given (core/endpoints.py)
+and hands the answer's `data` to that endpoint's parser. Every failure leaves as a
+FetchError with a bounded `reason`; the poller never has to know about aiohttp's exception
+zoo. The envelope it relies on (`code`, `msg`, `data`) is in docs/koodrive-api.md section
+2.3, paging by `limit`/`offset` in its section 3, and the error shapes, with the reason each
+one maps to, in its section 5.
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ from yarl import URL
 
 from .. import __version__
 from ..core.config import AccountConfig
-from ..core.model import FetchError, Reason, Usage, truncate
+from ..core.endpoints import Endpoint, int64_field
+from ..core.model import FetchError, Reason, truncate
 from .clock import PLAUSIBLE_SKEW, SkewEstimator, parse_http_date, parse_retry_after
 from .credentials import CredentialStore
 from .signing import new_trace_id, request_headers
 
-OVERVIEW_PATH = "/koodrive/ose/v1/space/usage/overview"
 BODY_LIMIT = 1 << 20
 USER_AGENT = f"koodrive-exporter/{__version__}"
 AUTH_STATUSES = frozenset({400, 401, 403})
-INT64_MAX = (1 << 63) - 1
-USAGE_FIELDS = ("totalAllocation", "totalCapacity", "totalUsed")
+# Pages one poll of a paged endpoint may take: an upstream whose `total` keeps growing, or
+# that answers every page with one item, must not hold a poll (and a slot) for ever.
+MAX_PAGES = 100
 # No usage total needs more than 19 digits; a longer integer is junk, and refusing it here
 # keeps int() from spending quadratic time on a 10,000-digit number.
 JSON_INT_DIGITS = 40
@@ -58,7 +61,7 @@ class KooDriveClient:
         self._credentials = credentials
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - trace ids need no secrecy
-        self._targets: dict[str, tuple[URL, str, str]] = {}
+        self._targets: dict[tuple[str, str], tuple[URL, str, str]] = {}
         # One estimate per account, seeded from the latest estimate for its host: accounts on
         # one host share its clock, but an account's own responses have the last word.
         self._skews: dict[tuple[str, str], SkewEstimator] = {}
@@ -73,7 +76,7 @@ class KooDriveClient:
 
     def clock_skew(self, account: AccountConfig) -> float | None:
         """Server minus local clock for the account's upstream, once a `Date` was seen."""
-        estimator = self._skews.get((account.name, self._target(account.endpoint)[1]))
+        estimator = self._skews.get((account.name, self._host(account.endpoint)))
         return None if estimator is None else estimator.offset
 
     def _skew(self, account: AccountConfig, host: str) -> SkewEstimator:
@@ -106,20 +109,47 @@ class KooDriveClient:
         for name in names:
             self._notices.pop(name, None)
         endpoints = {account.endpoint for account in keep}
-        hosts = {self._target(endpoint)[1] for endpoint in endpoints}
-        for endpoint in [e for e in self._targets if e not in endpoints]:
-            del self._targets[endpoint]
+        hosts = {self._host(endpoint) for endpoint in endpoints}
+        for key in [key for key in self._targets if key[0] not in endpoints]:
+            del self._targets[key]
         for host in [h for h in self._host_offsets if h not in hosts]:
             del self._host_offsets[host]
         self._credentials.forget(gone, keep)
 
-    async def overview(self, account: AccountConfig, trace_id: str) -> Usage:
-        """GET the space usage overview of one account, signed afresh for this request.
+    async def fetch(self, account: AccountConfig, endpoint: Endpoint, trace_id: str) -> object:
+        """GET one endpoint for one account (every page of it) and parse the answer.
+
+        A paged endpoint is read until `total` items are collected or a page is empty: the
+        server may return fewer items than asked on any page, so a short page alone does
+        not end it. Each page is a request of its own, signed afresh.
+        """
+        if not endpoint.paged:
+            body = await self._body(account, endpoint.path, (), trace_id)
+            return parse_answer(endpoint, body, account.kilobyte)
+        items: list[object] = []
+        for _ in range(MAX_PAGES):
+            query = (("limit", str(account.page_size)), ("offset", str(len(items))))
+            document = _success(await self._body(account, endpoint.path, query, trace_id))
+            page = document.get("data")
+            if not isinstance(page, list):
+                raise FetchError(Reason.INVALID_RESPONSE, "`data` is missing or not a list")
+            total = int64_field(document, "total", where="")
+            items += page
+            if not page or len(items) >= total:
+                return _parsed(endpoint, items, account.kilobyte)
+        raise FetchError(
+            Reason.INVALID_RESPONSE, f"more than {MAX_PAGES} pages ({len(items)} items so far)"
+        )
+
+    async def _body(
+        self, account: AccountConfig, path: str, query: tuple[tuple[str, str], ...], trace_id: str
+    ) -> bytes:
+        """One signed GET: the body of a 200 answer; FetchError for any other status.
 
         X-Date is the local time corrected by the estimated server offset, minus a safety
         margin, because the server refuses any X-Date later than its own clock.
         """
-        url, host, path = self._target(account.endpoint)
+        url, host, signed_path = self._target(account.endpoint, path)
         skew = self._skew(account, host)
         credentials = await self._credentials.resolve(account)
         tls = await self._credentials.tls(account)
@@ -130,10 +160,13 @@ class KooDriveClient:
             now=self._clock() + _usable(skew.offset) - account.x_date_margin,
             trace_id=trace_id,
             language=account.language,
-            path=path,
+            path=signed_path,
+            query=query,
         )
         headers["Accept"] = "application/json"
         headers["User-Agent"] = USER_AGENT
+        if query:
+            url = url.with_query(query)
         status, body, retry_after = await self._get(url, headers, account, skew, tls)
         if skew.offset is not None:
             self._host_offsets[host] = skew.offset
@@ -141,13 +174,17 @@ class KooDriveClient:
             error = _status_error(status, body)
             error.retry_after = retry_after
             raise error
-        return parse_overview(body)
+        return body
 
-    def _target(self, endpoint: str) -> tuple[URL, str, str]:
-        target = self._targets.get(endpoint)
+    def _target(self, endpoint: str, path: str) -> tuple[URL, str, str]:
+        target = self._targets.get((endpoint, path))
         if target is None:
-            target = self._targets[endpoint] = target_of(endpoint, OVERVIEW_PATH)
+            target = self._targets[(endpoint, path)] = target_of(endpoint, path)
         return target
+
+    def _host(self, endpoint: str) -> str:
+        """The Host header value of the account's upstream: what skew estimates are per."""
+        return self._target(endpoint, "")[1]
 
     def _server_date(self, header: str | None) -> float | None:
         text, value = self._last_date
@@ -244,21 +281,29 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     return bytes(body)
 
 
-def parse_overview(body: bytes) -> Usage:
-    """Parse a 200 body: success only when `code` is 0 and all three totals are int64."""
+def _success(body: bytes) -> dict[str, Any]:
+    """A 200 body, as a JSON object: success only when `code` is 0."""
     document = _json_object(body)
     code = _api_code(document)
     if code is None:
         raise FetchError(Reason.INVALID_RESPONSE, "body has no `code`")
     if code != "0":
         raise _api_error(code, document, status=200)
-    data = document.get("data")
-    if not isinstance(data, dict):
-        raise FetchError(
-            Reason.INVALID_RESPONSE, "`data` is missing or not an object", api_code=code
-        )
-    allocation, capacity, used = (_int64(data, name) for name in USAGE_FIELDS)
-    return Usage(allocation_kb=allocation, capacity_kb=capacity, used_kb=used)
+    return document
+
+
+def parse_answer(endpoint: Endpoint, body: bytes, kilobyte: int) -> object:
+    """The result of an unpaged endpoint's 200 body; pure, so tests need no HTTP."""
+    return _parsed(endpoint, _success(body).get("data"), kilobyte)
+
+
+def _parsed(endpoint: Endpoint, data: object, kilobyte: int) -> object:
+    """The endpoint's result; its refusals are answers with `code` 0, so they say so."""
+    try:
+        return endpoint.parse(data, kilobyte)
+    except FetchError as exc:
+        exc.api_code = exc.api_code or "0"
+        raise
 
 
 class _RefusedJSONError(ValueError):
@@ -363,25 +408,6 @@ def _status_error(status: int, body: bytes) -> FetchError:
             if _looks_like_auth(code):
                 reason = Reason.AUTH
     return FetchError(reason, detail, status=status, api_code=code)
-
-
-def _int64(data: dict[str, Any], name: str) -> int:
-    value = data.get(name)
-    number: int | None = None
-    if isinstance(value, bool):
-        number = None
-    elif isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        number = int(value.strip())
-    if number is None:
-        shown = "missing" if value is None else f"not an integer ({type(value).__name__})"
-        raise FetchError(Reason.INVALID_RESPONSE, f"data.{name} is {shown}")
-    if not 0 <= number <= INT64_MAX:
-        raise FetchError(Reason.INVALID_RESPONSE, f"data.{name} is out of range")
-    return number
 
 
 def target_of(endpoint: str, api_path: str) -> tuple[URL, str, str]:

@@ -19,9 +19,11 @@ import structlog
 from aiohttp import web
 
 from .. import __version__
-from ..core.config import Config, ConfigError, load_config
+from ..core.config import AccountConfig, Config, ConfigError, load_config
 from ..core.exposition import OPENMETRICS, TEXT, Exposition
-from ..core.poller import OverviewSource, Poller
+from ..core.metrics import PRIMARY
+from ..core.model import UsageBytes
+from ..core.poller import Poller, Source
 from ..core.sharding import owned
 from ..core.state import AccountState, ExporterState
 from ..upstream.client import USER_AGENT, KooDriveClient
@@ -67,7 +69,7 @@ class Settings:
     shard_count: int = 1
     shard_index: int = 0
     # Tests swap the real client for a fake; None means the real KooDrive client.
-    source_factory: Callable[[aiohttp.ClientSession], OverviewSource] | None = None
+    source_factory: Callable[[aiohttp.ClientSession], Source] | None = None
 
 
 @dataclass(slots=True)
@@ -95,9 +97,7 @@ def create_app(
 ) -> web.Application:
     settings = settings or Settings()
     check_telemetry_path(settings.telemetry_path)
-    state = ExporterState(
-        owned(config.accounts, settings.shard_count, settings.shard_index), loaded_at=time.time()
-    )
+    state = ExporterState(_mine(config, settings), loaded_at=time.time())
     exposition = Exposition(state)
 
     guard = HttpGuard(
@@ -140,8 +140,7 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
             return False, "nothing to reload: no config file (demo mode) or not running"
         try:
             config = await asyncio.to_thread(load_config, path)
-            settings = app[SETTINGS]
-            mine = owned(config.accounts, settings.shard_count, settings.shard_index)
+            mine = _mine(config, app[SETTINGS])
             added, removed, changed = await runtime.poller.update(mine, config.max_concurrency)
         except Exception as exc:  # whatever failed, the old config stays
             errors = exc.errors if isinstance(exc, ConfigError) else [_unexpected(exc)]
@@ -163,6 +162,11 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
             True,
             f"{len(mine)} accounts: {added} added, {removed} removed, {changed} changed",
         )
+
+
+def _mine(config: Config, settings: Settings) -> tuple[AccountConfig, ...]:
+    """The accounts of the config this replica polls; the state holds them from then on."""
+    return owned(config.accounts, settings.shard_count, settings.shard_index)
 
 
 def _unexpected(exc: BaseException) -> str:
@@ -212,13 +216,12 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
         headers={"User-Agent": USER_AGENT},
     )
-    source: OverviewSource
+    source: Source
     if settings.source_factory is not None:
         source = settings.source_factory(session)
     else:
         source = KooDriveClient(session, CredentialStore())
     poller = Poller(
-        owned(runtime.config.accounts, settings.shard_count, settings.shard_index),
         source,
         app[STATE],
         app[LOG],
@@ -400,18 +403,19 @@ async def _index(request: web.Request) -> web.Response:
 
 
 def _account_row(name: str, account: AccountState, now: float) -> str:
-    last, success = account.last, account.last_success
+    poll = account.collectors.get(PRIMARY)
+    last, success = (poll.last, poll.last_success) if poll is not None else (None, None)
     if last is None:
         status = '<span class="pending">pending</span>'
     elif last.ok:
         status = '<span class="up">up</span>'
     else:
         status = f'<span class="down" title="{html.escape(last.detail)}">down: {last.reason}</span>'
-    if success is None or success.usage is None:
+    usage = success.result if success is not None else None
+    if success is None or not isinstance(usage, UsageBytes):
         return f"<tr><td>{html.escape(name)}</td><td>{status}</td><td>never</td><td></td></tr>"
     ago = max(0.0, now - success.started_at)
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(success.started_at))
-    usage = success.usage
     ratio = usage.used / usage.capacity if usage.capacity > 0 else 0.0
     bar = (
         f'<div class="bar"><div style="width:{min(ratio, 1.0) * 100:.1f}%"></div></div>'

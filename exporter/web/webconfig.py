@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..core.config import (
     ConfigError,
@@ -21,10 +22,11 @@ from ..core.config import (
     load_yaml,
     pem_certificates,
     read_config_file,
+    read_or_refuse,
     read_regular_file,
-    show_key,
     show_path,
 )
+from ..core.schema import REQUIRED, Checker, Invalid, Key, Section, cut, join
 
 CLIENT_AUTH_TYPES = (
     "NoClientCert",
@@ -40,21 +42,14 @@ TLS_VERSIONS = {
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
 # The response headers exporter-toolkit lets operators set.
-ALLOWED_HEADERS = frozenset(
-    {
-        "Cache-Control",
-        "Content-Security-Policy",
-        "Strict-Transport-Security",
-        "X-Content-Type-Options",
-        "X-Frame-Options",
-        "X-XSS-Protection",
-    }
+ALLOWED_HEADERS = (
+    "Cache-Control",
+    "Content-Security-Policy",
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "X-XSS-Protection",
 )
-_TLS_KEYS = frozenset(
-    {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version",
-     "prefer_server_cipher_suites", "cipher_suites", "curve_preferences", "client_allowed_sans"}
-)  # fmt: skip
-_UNSUPPORTED_TLS = frozenset({"cipher_suites", "curve_preferences", "client_allowed_sans"})
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 # A web config holds a few users and paths; 1 MiB leaves room for ~15,000 bcrypt users.
 WEB_CONFIG_LIMIT = 1024 * 1024
@@ -95,17 +90,17 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     """
     file = Path(path)
     raw = load_yaml(read_config_file(file, WEB_CONFIG_LIMIT), str(file))
-    errors: list[str] = []
+    checker = _Checker(file.parent)
     try:
-        config = _parse({} if raw is None else raw, file.parent, errors)
+        config = checker.walk(_WEB, "", {} if raw is None else raw)
     except Exception as exc:
         # A last resort, so that a reload never sees anything but ConfigError.
         name = type(exc).__name__
         raise ConfigError(
             [f"{file}: internal error while checking the web config ({name})"]
         ) from None
-    if errors:
-        raise ConfigError([f"{file}: {error}" for error in errors])
+    if checker.errors:
+        raise ConfigError([f"{file}: {error}" for error in checker.errors])
     # Build once now, so a key that does not match its certificate fails at start.
     if config.tls is not None:
         try:
@@ -115,129 +110,113 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     return config
 
 
-def _parse(raw: object, base: Path, errors: list[str]) -> WebConfig:
-    if not isinstance(raw, dict):
-        errors.append("must be a mapping")
-        return WebConfig()
-    for key in raw:
-        if key not in ("tls_server_config", "basic_auth_users", "http_server_config"):
-            errors.append(f"{show_key(key)}: unknown key")
-    tls = _tls(raw.get("tls_server_config"), base, errors)
-    users = _users(raw.get("basic_auth_users"), errors)
-    headers = _headers(raw.get("http_server_config"), errors)
-    return WebConfig(tls=tls, users=users, headers=headers)
+class _Checker(Checker):
+    """Resolves file names against the web config file's own directory."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.base = base
 
 
-def _tls(raw: object, base: Path, errors: list[str]) -> TLSConfig | None:
+def _file(checker: _Checker, path: str, raw: object) -> Path | None:
+    """A small regular file, checked before OpenSSL opens it: open() of a FIFO blocks."""
     if raw is None:
-        return None
-    where = "tls_server_config"
-    if not isinstance(raw, dict):
-        errors.append(f"{where}: must be a mapping")
-        return None
-    before = len(errors)
-    for key in raw:
-        if key not in _TLS_KEYS:
-            errors.append(f"{where}.{show_key(key)}: unknown key")
-        elif key in _UNSUPPORTED_TLS:
-            errors.append(
-                f"{where}.{key}: not supported by koodrive-exporter (Python's TLS defaults "
-                f"apply); remove it"
-            )
+        return None  # unset; a required one is reported as missing
+    if not isinstance(raw, str) or not raw:
+        raise Invalid("must be a file path")
+    file = Path(raw) if Path(raw).is_absolute() else checker.base / raw
+    read_or_refuse(file, lambda name: read_regular_file(name, TLS_FILE_LIMIT), show_path(file))
+    return file
 
-    def path(key: str, required: bool) -> Path | None:
-        value = raw.get(key)
-        if value is None:
-            if required:
-                errors.append(f"{where}.{key}: is required")
-            return None
-        if not isinstance(value, str) or not value:
-            errors.append(f"{where}.{key}: must be a file path")
-            return None
-        file = Path(value) if Path(value).is_absolute() else base / value
-        # Checked here, before OpenSSL opens it: open() of a FIFO would block for good.
-        try:
-            read_regular_file(file, TLS_FILE_LIMIT)
-        except FileNotFoundError:
-            errors.append(f"{where}.{key}: no such file: {show_path(file)}")
-            return None
-        except OSError as exc:
-            errors.append(f"{where}.{key}: cannot read {show_path(file)}: {_os_reason(exc)}")
-            return None
-        return file
 
-    cert, key = path("cert_file", True), path("key_file", True)
-    ca = path("client_ca_file", False)
-    auth = raw.get("client_auth_type", "NoClientCert")
-    if not isinstance(auth, str) or auth not in CLIENT_AUTH_TYPES:
-        errors.append(f"{where}.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}")
-    elif auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert") and ca is None:
-        errors.append(f"{where}.client_ca_file: is required with client_auth_type {auth}")
-    versions: dict[str, str | None] = {}
-    for key_name, default in (("min_version", "TLS12"), ("max_version", None)):
-        value = raw.get(key_name, default)
-        if value is not None and not (isinstance(value, str) and value in TLS_VERSIONS):
-            errors.append(f"{where}.{key_name}: must be one of {', '.join(TLS_VERSIONS)}")
-            value = None
-        versions[key_name] = value
-    low, high = versions["min_version"], versions["max_version"]
+def _one_of(names: Iterable[str]) -> Callable[[Checker, str, object], str]:
+    allowed = tuple(names)
+
+    def parse(checker: Checker, path: str, raw: object) -> str:
+        if isinstance(raw, str) and raw in allowed:
+            return raw
+        raise Invalid(f"must be one of {', '.join(allowed)}")
+
+    return parse
+
+
+def _ignored(checker: Checker, path: str, raw: object) -> None:
+    """Accepted for compatibility with exporter-toolkit files; it changes nothing here."""
+
+
+def _client_ca_needed(checker: Checker, path: str, values: dict[str, Any]) -> None:
+    auth = values.get("client_auth_type")
+    verifying = auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+    if verifying and "client_ca_file" not in values:
+        checker.error(join(path, "client_ca_file"), f"is required with client_auth_type {auth}")
+
+
+def _versions_in_order(checker: Checker, path: str, values: dict[str, Any]) -> None:
+    low, high = values.get("min_version"), values.get("max_version")
     if low is not None and high is not None and TLS_VERSIONS[low] > TLS_VERSIONS[high]:
-        errors.append(f"{where}.max_version: is lower than min_version")
-    if len(errors) != before or cert is None or key is None or low is None:
+        checker.error(join(path, "max_version"), "is lower than min_version")
+
+
+def _users(checker: Checker, path: str, raw: object) -> dict[str, Secret] | None:
+    if raw is None or not checker.mapping(_USERS, path, raw):
         return None
-    return TLSConfig(cert, key, str(auth), ca, str(low), high)
-
-
-def _users(raw: object, errors: list[str]) -> dict[str, Secret]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        errors.append("basic_auth_users: must be a mapping of user name to bcrypt hash")
-        return {}
     users: dict[str, Secret] = {}
     for name, hashed in raw.items():
-        where = f"basic_auth_users.{show_key(name)}"
+        where = join(path, name)
         if not isinstance(name, str) or not name or ":" in name or not name.isprintable():
-            errors.append(f"{where}: user names must be non-empty, printable and contain no ':'")
+            checker.error(where, "user names must be non-empty, printable and contain no ':'")
         elif not isinstance(hashed, str) or not hashed.startswith(_BCRYPT_PREFIXES):
-            errors.append(
-                f"{where}: must be a bcrypt hash (as written by `htpasswd -nBC 10 USER`), "
-                f"not a plain password"
-            )
+            checker.error(where, _NOT_BCRYPT)
         elif len(hashed) != 60:
-            errors.append(f"{where}: is not a complete bcrypt hash (60 characters)")
+            checker.error(where, "is not a complete bcrypt hash (60 characters)")
         else:
             users[name] = Secret(hashed)
     return users
 
 
-def _headers(raw: object, errors: list[str]) -> dict[str, str]:
-    if raw is None:
-        return {}
-    where = "http_server_config"
-    if not isinstance(raw, dict):
-        errors.append(f"{where}: must be a mapping")
-        return {}
-    for key in raw:
-        if key not in ("headers", "http2"):
-            errors.append(f"{where}.{show_key(key)}: unknown key")
-    headers = raw.get("headers") or {}
-    if not isinstance(headers, dict):
-        errors.append(f"{where}.headers: must be a mapping")
-        return {}
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        if name not in ALLOWED_HEADERS:
-            allowed = ", ".join(sorted(ALLOWED_HEADERS))
-            errors.append(f"{where}.headers.{show_key(name)}: not allowed (allowed: {allowed})")
-        elif not isinstance(value, str) or not value.isprintable():
-            # Control characters have no place in a header value (CR and LF would split it).
-            errors.append(
-                f"{where}.headers.{name}: must be a one-line string without control characters"
-            )
-        else:
-            out[name] = value
-    return out
+def _header_value(checker: Checker, path: str, raw: object) -> str:
+    # Control characters have no place in a header value (CR and LF would split it).
+    if not isinstance(raw, str) or not raw.isprintable():
+        raise Invalid("must be a one-line string without control characters")
+    return raw
+
+
+_USERS = "must be a mapping of user name to bcrypt hash"
+_NOT_BCRYPT = "must be a bcrypt hash (as written by `htpasswd -nBC 10 USER`), not a plain password"
+_UNSUPPORTED = "not supported by koodrive-exporter (Python's TLS defaults apply); remove it"
+_TLS: Section[_Checker] = Section(
+    (
+        Key("cert_file", _file, missing=REQUIRED),
+        Key("key_file", _file, missing=REQUIRED),
+        Key("client_ca_file", _file),
+        Key("client_auth_type", _one_of(CLIENT_AUTH_TYPES), "NoClientCert"),
+        Key("min_version", _one_of(TLS_VERSIONS), "TLS12"),
+        Key("max_version", _one_of(TLS_VERSIONS)),
+        Key("prefer_server_cipher_suites", _ignored),
+    ),
+    build=lambda _c, _path, values: TLSConfig(**values),
+    rules=(_client_ca_needed, _versions_in_order),
+    refused=dict.fromkeys(
+        ("cipher_suites", "curve_preferences", "client_allowed_sans"), _UNSUPPORTED
+    ),
+)
+_HEADERS: Section[_Checker] = Section(
+    tuple(Key(name, _header_value) for name in ALLOWED_HEADERS), unknown="not allowed"
+)
+_HTTP: Section[_Checker] = Section(
+    (Key("headers", _HEADERS), Key("http2", _ignored)),
+    build=lambda _c, _path, values: values.get("headers", {}),
+)
+_WEB: Section[_Checker] = Section(
+    (
+        Key("tls_server_config", _TLS),
+        Key("basic_auth_users", _users, {}),
+        Key("http_server_config", _HTTP, {}),
+    ),
+    build=lambda _c, _path, v: WebConfig(
+        v.get("tls_server_config"), v["basic_auth_users"], v["http_server_config"]
+    ),
+)
 
 
 def build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -284,13 +263,8 @@ def files_identity(paths: tuple[Path, ...]) -> tuple[object, ...]:
     return tuple(out)
 
 
-def _os_reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
-
-
 def _tls_reason(exc: Exception) -> str:
     """The reason without Python's `[Errno 22]` decoration, naming the file where known."""
     if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.strerror:
         return f"{show_path(Path(exc.filename))}: {exc.strerror}" if exc.filename else exc.strerror
-    text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."
+    return cut(str(exc), 200)
