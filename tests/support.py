@@ -75,9 +75,14 @@ def write_secret_files(directory: Path) -> tuple[Path, Path]:
 
 
 def two_account_config(
-    endpoint: str, directory: Path, interval: str = "60s", timeout: str = "1s"
+    endpoint: str,
+    directory: Path,
+    interval: str = "60s",
+    timeout: str = "1s",
+    extra: str = "",
 ) -> Path:
-    """The issue's config shape: one app account with a secret file, one token account."""
+    """The issue's config shape: one app account with a secret file, one token account;
+    `extra` is more YAML for `defaults` (indented by two spaces)."""
     app_secret, token = write_secret_files(directory)
     path = directory / "config.yaml"
     path.write_text(
@@ -88,6 +93,7 @@ defaults:
   timeout: {timeout}
   language: en-US
   kilobyte: 1024
+{extra}
 accounts:
   - name: acme
     user_id: "1505084218764547200"
@@ -153,6 +159,17 @@ def account(
 def polls(state: ExporterState, name: str, collector: str = "overview") -> CollectorState:
     """One collector's record of one account (by default the overview's)."""
     return state.accounts[name].collectors[collector]
+
+
+# The documented quotaUsed example (docs/koodrive-api.md section 3.1).
+DOC_SUBSCRIPTION = {
+    "spaceUsed": 7753298, "spaceCapacity": 10240, "deptSpaceQuota": 6144,
+    "personalSpaceQuota": 2048, "groupSpaceQuota": 2048, "reservedSpaceQuota": 0,
+    "spaceQuotaUsed": 327, "deptSpaceUsed": 1975057, "deptSpaceQuotaUsed": 42,
+    "personalSpaceUsed": 3933426, "personalSpaceQuotaUsed": 35, "groupSpaceUsed": 1844815,
+    "groupSpaceQuotaUsed": 250, "userCount": 20, "userMaxCount": 100,
+    "packageDownloadExpires": 7, "productType": "1",
+}  # fmt: skip
 
 
 # What FakeSource answers for a successful poll, in KB as the API sends it.

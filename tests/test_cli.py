@@ -84,15 +84,21 @@ async def test_demo_is_up_within_five_seconds_and_stops_cleanly() -> None:
         assert process.stdout is not None
         url = await read_until(process.stdout, r"^Metrics:\s+(\S+)")
         both_up = False
+        collectors = ("overview", "subscription", "quota_tiers")
         while time.monotonic() - started < 5 and not both_up:
             text = await metrics_text(url)
             both_up = all(
-                value(text, "koodrive_up", account=name) == 1 for name in ("demo-app", "demo-token")
+                value(text, "koodrive_collector_up", account=name, collector=collector) == 1
+                for name in ("demo-app", "demo-token")
+                for collector in collectors
             )
             await asyncio.sleep(0.05)
         up_after = time.monotonic() - started
-        assert both_up, f"demo accounts not up within 5 s:\n{text}"
+        assert both_up, f"demo accounts' collectors not all up within 5 s:\n{text}"
         assert value(text, "koodrive_space_used_bytes", account="demo-app") > 0
+        assert value(text, "koodrive_up", account="demo-token") == 1
+        assert value(text, "koodrive_subscription_users_limit", account="demo-token") > 0
+        assert value(text, "koodrive_quota_tier_used_bytes", account="demo-app", quota="1") >= 0
         assert await stop_process(process) < 5
         print(f"demo: both accounts up {up_after:.2f}s after the process started")
     finally:

@@ -165,7 +165,8 @@ def readme_reference() -> dict[str, str]:
     rows name two keys)."""
     text = README.read_text(encoding="utf-8")
     section = text.split("\n## Configuration reference\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    table = section.split("| key | where | default | meaning |\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| `")]
     return {name: where.strip() for keys, where in rows for name in re.findall(r"`([^`]+)`", keys)}
 
 

@@ -15,9 +15,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from support import DOC_SUBSCRIPTION
 
 from exporter.core.config import AccountConfig, AppAuth, Secret, SecretRef
-from exporter.core.endpoints import ENDPOINTS, METRICS, OVERVIEW, Endpoint
+from exporter.core.endpoints import (
+    ENDPOINTS,
+    METRICS,
+    OVERVIEW,
+    QUOTA_TIERS,
+    SUBSCRIPTION,
+    Endpoint,
+)
 from exporter.core.model import FetchError, Reason
 from exporter.sim.simulator import verify_app_auth
 from exporter.upstream.client import MAX_PAGES, KooDriveClient
@@ -189,3 +197,87 @@ def test_every_endpoint_feeds_only_metrics_in_the_table() -> None:
             (row,) = [m for m in METRICS if m.name == metric.name]
             assert row.source == endpoint.name
     assert OVERVIEW.name in ENDPOINTS
+
+
+# --- the subscription and quota-tier parsers ------------------------------------------
+
+
+@pytest.mark.parametrize("kilobyte", [1024, 1000])
+@pytest.mark.parametrize("as_strings", [False, True], ids=["numbers", "strings"])
+def test_the_documented_subscription_example(kilobyte: int, as_strings: bool) -> None:
+    data = {k: str(v) for k, v in DOC_SUBSCRIPTION.items()} if as_strings else DOC_SUBSCRIPTION
+    sub = SUBSCRIPTION.parse(data, kilobyte)
+    gb = kilobyte**3
+    assert (sub.capacity, sub.users, sub.users_limit) == (10240 * gb, 20, 100)
+    assert sub.product_type == {("1",): 1}
+    assert sub.type_quota == {
+        ("department",): 6144 * gb, ("personal",): 2048 * gb, ("group",): 2048 * gb,
+        ("reserved",): 0,
+    }  # fmt: skip
+    assert sub.type_quota_assigned == {
+        ("department",): 42 * gb,
+        ("personal",): 35 * gb,
+        ("group",): 250 * gb,
+    }
+    assert sub.type_used == {
+        ("department",): 1975057 * kilobyte,
+        ("personal",): 3933426 * kilobyte,
+        ("group",): 1844815 * kilobyte,
+    }
+    assert sum(sub.type_used.values()) == 7753298 * kilobyte  # consistent, as documented
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"userCount": None}, "data.userCount is missing"),
+        ({"spaceCapacity": -1}, "data.spaceCapacity is out of range"),
+        ({"deptSpaceQuota": 1.5}, "data.deptSpaceQuota is not an integer (float)"),
+        ({"groupSpaceUsed": True}, "data.groupSpaceUsed is not an integer (bool)"),
+        ({"productType": None}, "data.productType is not a printable string"),
+        ({"productType": "a\nb"}, "data.productType is not a printable string"),
+        ({"productType": "x" * 65}, "data.productType is longer than 64"),
+        ({"productType": ["1"]}, "data.productType is not a printable string"),
+    ],
+)
+def test_a_doubtful_subscription_is_an_invalid_response(change: dict, detail: str) -> None:
+    data = {k: v for k, v in (DOC_SUBSCRIPTION | change).items() if v is not None}
+    with pytest.raises(FetchError) as info:
+        SUBSCRIPTION.parse(data, 1024)
+    assert (info.value.reason, info.value.detail) == (Reason.INVALID_RESPONSE, detail)
+
+
+def test_a_numeric_product_type_is_read_as_its_text() -> None:
+    assert SUBSCRIPTION.parse(DOC_SUBSCRIPTION | {"productType": 2}, 1024).product_type == {
+        ("2",): 1
+    }
+
+
+def tier(quota: object, used: object = 0) -> dict[str, object]:
+    return {"quota": quota, "totalAllocation": 1, "totalCapacity": 2, "totalUsed": used}
+
+
+def test_tiers_are_keyed_by_their_quota_in_bytes() -> None:
+    tiers = QUOTA_TIERS.parse([tier("1"), tier(5, "3")], 1000)
+    assert tiers.allocated == {("1",): 1000, ("5",): 1000}
+    assert tiers.capacity == {("1",): 2000, ("5",): 2000}
+    assert tiers.used == {("1",): 0, ("5",): 3000}
+    assert QUOTA_TIERS.parse([], 1024).used == {}  # a tenant without tiers: no series
+
+
+@pytest.mark.parametrize(
+    ("items", "detail"),
+    [
+        ([tier("1"), tier("1")], "data[1].quota '1' repeats"),
+        (["x"], "data[0] is not an object"),
+        ([tier("")], "data[0].quota is not a printable string"),
+        ([tier("1", -5)], "data[0].totalUsed is out of range"),
+        ([{"quota": "1"}], "data[0].totalAllocation is missing"),
+        ([tier(str(n)) for n in range(1001)], "more than 1000 quota tiers"),
+    ],
+    ids=["repeated", "not-object", "empty-quota", "negative", "missing", "too-many"],
+)
+def test_doubtful_tiers_are_an_invalid_response(items: list, detail: str) -> None:
+    with pytest.raises(FetchError) as info:
+        QUOTA_TIERS.parse(items, 1024)
+    assert (info.value.reason, info.value.detail) == (Reason.INVALID_RESPONSE, detail)

@@ -11,12 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import ROOT, families, samples
+from support import DOC_SUBSCRIPTION, ROOT, families, samples
 
 from exporter import __version__
 from exporter.core import metrics
-from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
-from exporter.core.endpoints import METRICS
+from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth, collector_config
+from exporter.core.endpoints import ENDPOINTS, METRICS, QUOTA_TIERS, SUBSCRIPTION
 from exporter.core.exposition import OPENMETRICS, TEXT, Exposition, Format
 from exporter.core.metrics import EXPORTER, Metric
 from exporter.core.model import Reason, Snapshot, UsageBytes
@@ -129,11 +129,11 @@ def test_poll_duration_histogram_buckets() -> None:
 def test_exposition_has_help_types_no_timestamps_and_escaped_labels() -> None:
     state = ExporterState(accounts('we"ird\\name\n'))
     state.record(ok('we"ird\\name\n', at=5.0, used=7))
-    text = registry_for(state).exposition.render().decode()
+    text = registry_for(state, Clock(6.0)).exposition.render().decode()
     assert 'account="we\\"ird\\\\name\\n"' in text
     assert "# HELP koodrive_space_used_bytes" in text
     assert "cached" in text.lower()
-    assert "# TYPE koodrive_poll_errors_total counter" in text
+    assert "# TYPE koodrive_up gauge" in text
     parsed = families(text)
     up = next(f for f in parsed if f.name == "koodrive_up")
     assert [(s.labels, s.value) for s in up.samples] == [({"account": 'we"ird\\name\n'}, 1)]
@@ -278,7 +278,8 @@ def test_large_exposition_passes_promtool(promtool: str) -> None:
 
 def test_openmetrics_metadata_follows_the_spec() -> None:
     state = ExporterState(accounts("a"))
-    state.record(failed("a", Reason.AUTH))
+    state.record(ok("a", at=1.0, used=5))
+    state.record(failed("a", Reason.AUTH, at=1.5))
     text = Exposition(state, clock=Clock(2.0), process_metrics=False).render(OPENMETRICS).decode()
     assert text.startswith(
         "# HELP koodrive_space_capacity_bytes Total space quota (totalCapacity) in bytes."
@@ -293,7 +294,13 @@ def test_openmetrics_metadata_follows_the_spec() -> None:
     assert "# UNIT koodrive_up" not in text
     assert text.endswith("koodrive_exporter_shard_accounts 1\n# EOF\n")
     parsed = {f.name: f for f in families(text, openmetrics=True)}
+    others = {"subscription", "quota_tiers"}  # collectors this account does not run
+    no_date = {"koodrive_clock_skew_seconds"}  # these snapshots saw no Date header
+    expected = {m.family for m in METRICS if m.source not in others} - no_date
+    assert {name for name in parsed if name.startswith("koodrive_")} == expected
     for metric in METRICS:
+        if metric.family not in expected:
+            continue
         family = parsed[metric.family]
         assert (family.type, family.unit, family.documentation) == (
             metric.type,
@@ -333,11 +340,23 @@ def test_the_table_refuses_what_the_formats_cannot_express(row: Metric, message:
 # --- golden files ---------------------------------------------------------------------
 
 GOLDEN_NOW = 1_700_000_000.0
+# The documented example (docs/koodrive-api.md section 3.2), a second tier added.
+DOC_TIERS = [
+    {"quota": "1", "totalAllocation": 1, "totalCapacity": 1, "totalUsed": 0},
+    {"quota": "5", "totalAllocation": 5242880, "totalCapacity": 10485760, "totalUsed": 1048576},
+]
 
 
 def golden_state() -> ExporterState:
-    """One account up, one down with errors of two reasons, one stale, one never polled."""
-    state = ExporterState(accounts("up", "down", "stale", "never"), loaded_at=GOLDEN_NOW - 3600)
+    """One account up, one down with errors of two reasons, one stale, one never polled, and
+    one running every collector: its subscription up, its quota tiers failing."""
+    full = dataclasses.replace(
+        accounts("full")[0],
+        collectors=tuple(collector_config((n, None, None), 60.0, 180.0) for n in ENDPOINTS),
+    )
+    state = ExporterState(
+        [*accounts("up", "down", "stale", "never"), full], loaded_at=GOLDEN_NOW - 3600
+    )
     usage = UsageBytes(allocated=2 * 2**30, capacity=100 * 2**30, used=37_580_963_840)
     state.record(
         Snapshot(
@@ -369,7 +388,17 @@ def golden_state() -> ExporterState:
         Snapshot("stale", "overview", GOLDEN_NOW - 600, 0.4, "t", result=usage)
     )  # stale after 180 s
     state.record(failed("stale", Reason.AUTH, at=GOLDEN_NOW - 30, duration=0.05))
+    state.record(Snapshot("full", "overview", GOLDEN_NOW - 10, 0.02, "t", result=usage))
+    subscription = SUBSCRIPTION.parse(DOC_SUBSCRIPTION, 1024)
+    state.record(Snapshot("full", "subscription", GOLDEN_NOW - 10, 0.02, "t", result=subscription))
+    tiers = QUOTA_TIERS.parse(DOC_TIERS, 1024)
+    state.record(Snapshot("full", "quota_tiers", GOLDEN_NOW - 70, 0.03, "t", result=tiers))
+    state.record(failed_collector("full", "quota_tiers", Reason.INVALID_RESPONSE, GOLDEN_NOW - 10))
     return state
+
+
+def failed_collector(account: str, collector: str, reason: Reason, at: float) -> Snapshot:
+    return Snapshot(account, collector, at, 0.01, "t", reason=reason, failures=(reason,))
 
 
 def golden_text(fmt: Format) -> str:
@@ -399,7 +428,9 @@ def test_golden_text_passes_promtool_and_the_parser(promtool: str) -> None:
     parsed = samples(text)
     assert parsed[("koodrive_up", frozenset({("account", "up")}))] == 1
     assert parsed[("koodrive_up", frozenset({("account", "down")}))] == 0
-    errors = {dict(k[1])["reason"]: v for k, v in parsed.items() if k[0].endswith("errors_total")}
+    errors = {
+        dict(k[1])["reason"]: v for k, v in parsed.items() if k[0] == "koodrive_poll_errors_total"
+    }
     assert errors == {"connection": 1, "timeout": 1, "auth": 1}
     stale = ("koodrive_space_used_bytes", frozenset({("account", "stale")}))
     assert stale not in parsed

@@ -633,7 +633,7 @@ async def test_each_collector_polls_on_its_own_interval_and_fails_on_its_own(log
     """A second endpoint is one more definition: its collector gets a loop of its own, at
     its own interval, and its failures touch neither the overview's state nor koodrive_up."""
     extra = Endpoint("extra", "/koodrive/ose/v1/test/extra", parse=_refuse, metrics=())
-    collectors = (CollectorConfig("overview", 1.0), CollectorConfig("extra", 4.0))
+    collectors = (CollectorConfig("overview", 1.0, 3.0), CollectorConfig("extra", 4.0, 12.0))
     acct = account("a", interval=1.0, timeout=0.5, retries=0)
     acct = dataclasses.replace(acct, collectors=collectors)
     source = FakeSource()

@@ -13,6 +13,7 @@ import pytest
 from support import APP_ID, APP_SECRET, TOKEN, two_account_config
 
 from exporter.core.config import load_config
+from exporter.core.endpoints import QUOTA_TIERS, SUBSCRIPTION
 from exporter.core.model import Usage
 from exporter.sim.simulator import (
     DAY,
@@ -21,7 +22,9 @@ from exporter.sim.simulator import (
     FaultKind,
     Growth,
     Simulator,
+    quota_tiers,
     start_simulator,
+    subscription_body,
 )
 from exporter.upstream.signing import AppCredentials, TokenCredentials, request_headers
 
@@ -285,6 +288,8 @@ def test_fault_from_json_accepts_any_sendable_string() -> None:
         {"kind": "api_error", "code": True},
         {"kind": "nope"},
         {"kind": "date", "when": "x"},
+        {"kind": "hang", "collector": "nope"},
+        {"kind": "hang", "collector": 1},
         {"date": "x"},
         ["kind", "date"],
     ],
@@ -293,3 +298,98 @@ def test_fault_from_json_accepts_any_sendable_string() -> None:
 def test_fault_from_json_stays_strict(document: object) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - every message names its own key
         Fault.from_json(document)
+
+
+# --- the subscription and quota-tier endpoints -----------------------------------------
+
+
+def signed(url: str, now: float, path: str, query: tuple[tuple[str, str], ...] = ()) -> dict:
+    host = url.removeprefix("http://")
+    credentials = AppCredentials(app_id=APP_ID, app_secret=APP_SECRET)
+    return request_headers(
+        credentials, host=host, user_id="1505084218764547200", now=now, trace_id="T" * 58,
+        path=path, query=query,
+    )  # fmt: skip
+
+
+async def get_path(url: str, path: str, query: tuple[tuple[str, str], ...], now: float):
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + path, params=query, headers=signed(url, now, path, query)) as r,
+    ):
+        return r.status, await r.json()
+
+
+@pytest.mark.parametrize("name", ["acme", "beta", "x", "tenant-00042"])
+def test_subscription_and_tiers_agree_with_the_overview(name: str) -> None:
+    usage = Growth.for_account(name).at(3 * DAY)
+    data = subscription_body(usage, name)["data"]
+    assert data["spaceUsed"] == usage.used_kb
+    assert data["spaceCapacity"] == usage.capacity_kb // (1024 * 1024)
+    types = ("dept", "personal", "group")
+    assert sum(data[f"{t}SpaceUsed"] for t in types) == data["spaceUsed"]
+    assert sum(data[f"{t}SpaceQuotaUsed"] for t in types) == data["spaceQuotaUsed"]
+    quotas = sum(data[f"{t}SpaceQuota"] for t in (*types, "reserved"))
+    assert quotas == data["spaceCapacity"]
+    assert 0 < data["userCount"] <= data["userMaxCount"]
+    tiers = quota_tiers(usage, name)
+    assert 5 <= len(tiers) <= 8
+    assert sum(t["totalUsed"] for t in tiers) == usage.used_kb
+    assert sum(t["totalCapacity"] for t in tiers) == usage.capacity_kb
+    assert sum(t["totalAllocation"] for t in tiers) == usage.allocation_kb
+    # Both parse as the exporter reads them.
+    assert SUBSCRIPTION.parse(data, 1024).users == data["userCount"]
+    assert len(QUOTA_TIERS.parse(tiers, 1024).used) == len(tiers)
+
+
+async def test_tiers_are_served_a_capped_page_at_a_time(sim) -> None:
+    simulator, url, clock = sim
+    simulator.max_page = 2
+    tiers = quota_tiers(simulator.usage("acme"), "acme")
+    status, body = await get_path(
+        url, QUOTA_TIERS.path, (("limit", "100"), ("offset", "1")), clock.now
+    )
+    assert status == 200
+    assert (body["data"], body["total"]) == (tiers[1:3], len(tiers))
+    status, body = await get_path(
+        url, QUOTA_TIERS.path, (("limit", "1"), ("offset", "0")), clock.now
+    )
+    assert body["data"] == tiers[:1]
+    status, body = await get_path(url, QUOTA_TIERS.path, (("offset", str(len(tiers))),), clock.now)
+    assert (status, body["data"]) == (200, [])
+
+
+@pytest.mark.parametrize(
+    "query", [(("limit", "0"),), (("offset", "-1"),), (("limit", "x"),), (("limit", "1e3"),)]
+)
+async def test_bad_paging_parameters_are_refused(sim, query) -> None:
+    _, url, clock = sim
+    status, body = await get_path(url, QUOTA_TIERS.path, query, clock.now)
+    assert (status, body["code"]) == (400, 13000102)
+
+
+async def test_a_query_signed_differently_is_refused(sim) -> None:
+    _, url, clock = sim
+    headers = signed(url, clock.now, QUOTA_TIERS.path, (("limit", "5"), ("offset", "0")))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + QUOTA_TIERS.path + "?limit=5&offset=1", headers=headers) as r,
+    ):
+        assert (r.status, (await r.json())["msg"]) == (401, "signature mismatch")
+
+
+async def test_a_fault_can_target_one_collector(sim) -> None:
+    simulator, url, clock = sim
+    simulator.set_fault("acme", Fault(FaultKind.HTTP_5XX, status=502, collector="subscription"))
+    status, _ = await get_path(url, SUBSCRIPTION.path, (), clock.now)
+    assert status == 502
+    status, _ = await get(url, headers_for(url, now=clock.now))
+    assert status == 200
+    status, _ = await get_path(url, QUOTA_TIERS.path, (), clock.now)
+    assert status == 200
+    async with aiohttp.ClientSession() as session:
+        fault = {"kind": "api_error", "collector": "quota_tiers"}
+        async with session.put(f"{url}/-/sim/accounts/acme/fault", json=fault) as response:
+            assert (await response.json())["fault"]["collector"] == "quota_tiers"
+    status, body = await get_path(url, QUOTA_TIERS.path, (), clock.now)
+    assert (status, body["code"]) == (200, 13000201)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .endpoints import DEFAULT_COLLECTORS
+from .endpoints import DEFAULT_COLLECTORS, ENDPOINTS
 from .schema import (
     NOT_MAPPING,
     REQUIRED,
@@ -34,6 +34,7 @@ from .schema import (
     Key,
     Section,
     cut,
+    join,
     leaves,
     show_value,
 )
@@ -46,6 +47,8 @@ STALE_INTERVALS = 3
 DEFAULT_MAX_CONCURRENCY = 64
 MAX_CONCURRENCY = 4096
 DEFAULT_PAGE_SIZE = 100
+# The upstream's own maximum is undocumented; a page of a thousand tiers is already absurd.
+MAX_PAGE = 1000
 MAX_RETRIES = 10
 X_DATE_WINDOW = 15 * 60
 
@@ -146,10 +149,36 @@ Auth = AppAuth | TokenAuth
 
 @dataclass(frozen=True, slots=True)
 class CollectorConfig:
-    """One collector of an account: the endpoint it polls (by name) and how often."""
+    """One collector of an account: the endpoint it polls (by name), how often, and for
+    how long its last result may be shown."""
 
     name: str
     interval: float
+    stale_after: float
+
+
+# A collector as the config names it: its name, and its own interval and stale_after if set.
+CollectorSpec = tuple[str, float | None, float | None]
+
+
+def collector_config(
+    spec: CollectorSpec, account_interval: float, account_stale_after: float
+) -> CollectorConfig:
+    """Resolve a collector's schedule against its account's.
+
+    Without its own interval a collector polls at its endpoint's default interval, or the
+    account's if that is longer (or the endpoint has none). Its data stays as long as the
+    account's does; one polled less often than the account keeps it for at least
+    STALE_INTERVALS of its own intervals, so slow data is not shown as missing between polls.
+    """
+    name, interval, stale_after = spec
+    default = ENDPOINTS[name].interval
+    every = interval or max(account_interval, default or 0.0)
+    if stale_after is None:
+        stale_after = account_stale_after
+        if every > account_interval:
+            stale_after = max(stale_after, STALE_INTERVALS * every)
+    return CollectorConfig(name, every, stale_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +205,11 @@ class AccountConfig:
 
     def __post_init__(self) -> None:
         if not self.collectors:
-            defaults = tuple(CollectorConfig(name, self.interval) for name in DEFAULT_COLLECTORS)
+            stale_after = self.stale_after_seconds
+            defaults = tuple(
+                collector_config((name, None, None), self.interval, stale_after)
+                for name in DEFAULT_COLLECTORS
+            )
             object.__setattr__(self, "collectors", defaults)
 
     @property
@@ -591,7 +624,10 @@ class _Checker(Checker):
         values = self.walk(_ACCOUNT, path, item, inherited=self.inherited or {})
         if values is None or self.inherited is None or not self.schedule(path, item, values):
             return None
-        return AccountConfig(**values)
+        collectors = self.collector_schedules(path, item, values)
+        if collectors is None:
+            return None
+        return AccountConfig(**(values | {"collectors": collectors}))
 
     def schedule(self, path: str, item: dict[str, Any], merged: dict[str, Any]) -> bool:
         """Check interval, timeout and stale_after together, where the endpoint is known.
@@ -727,6 +763,66 @@ class _Checker(Checker):
             raise Invalid(f"must be 1024 or 1000 {self.got(path, raw)}")
         return value
 
+    def page_size(self, path: str, raw: object) -> int:
+        value = self.number(path, raw)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE:
+            raise Invalid(f"must be a whole number from 1 to {MAX_PAGE} {self.got(path, raw)}")
+        return value
+
+    def collectors(self, path: str, raw: object) -> tuple[CollectorSpec, ...]:
+        """A list of names, or a mapping of name to null or {interval, stale_after}."""
+        if isinstance(raw, list):
+            names = raw
+            if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
+                raise Invalid(f"{_COLLECTORS} (got {show_value(names)})")
+            raw = dict.fromkeys(names)
+        if not isinstance(raw, dict) or not raw:
+            raise Invalid(f"{_COLLECTORS} (got {show_value(raw)})")
+        specs: list[CollectorSpec] = []
+        for name, settings in raw.items():
+            where = join(path, name)
+            if name not in ENDPOINTS:
+                self.error(where, f"unknown collector (known: {', '.join(ENDPOINTS)})")
+                continue
+            values = self.walk(_COLLECTOR, where, {} if settings is None else settings)
+            if values is not None:
+                specs.append((name, values.get("interval"), values.get("stale_after")))
+        if len(specs) != len(raw):
+            raise Invalid
+        return tuple(specs)
+
+    def collector_schedules(
+        self, path: str, item: dict[str, Any], merged: dict[str, Any]
+    ) -> tuple[CollectorConfig, ...] | None:
+        """The account's collectors, each checked against the account's limits."""
+        origin = f"{path}.collectors" if "collectors" in item else "defaults.collectors"
+        specs = merged.get("collectors") or tuple((n, None, None) for n in DEFAULT_COLLECTORS)
+        account_stale_after = merged.get("stale_after") or STALE_INTERVALS * merged["interval"]
+        loopback = is_loopback_host(urlsplit(merged["endpoint"]).hostname or "")
+        resolved = tuple(
+            collector_config(spec, merged["interval"], account_stale_after) for spec in specs
+        )
+        before = len(self.errors)
+        for collector in resolved:
+            where = join(origin, collector.name)
+            if collector.interval < MIN_INTERVAL and not loopback:
+                self.error(
+                    f"{where}.interval", f"must be at least {MIN_INTERVAL:g}s: {_POLL_LIMITS}"
+                )
+            elif merged["timeout"] > collector.interval:
+                self.error(
+                    f"{where}.interval",
+                    f"must be at least the timeout ({collector.interval:g}s < "
+                    f"{merged['timeout']:g}s)",
+                )
+            if collector.stale_after < collector.interval:
+                self.error(
+                    f"{where}.stale_after",
+                    f"must be at least the collector's interval ({collector.stale_after:g}s < "
+                    f"{collector.interval:g}s)",
+                )
+        return resolved if len(self.errors) == before else None
+
     def concurrency(self, path: str, raw: object) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_CONCURRENCY:
             raise Invalid(
@@ -814,6 +910,10 @@ def _built_in(name: str) -> Any:
 
 
 _NO_ACCOUNTS = "must be a non-empty list of accounts"
+_COLLECTORS = (
+    f"must be a non-empty list of distinct collectors ({', '.join(ENDPOINTS)}), or a mapping "
+    "of collector to null or {interval, stale_after}"
+)
 _ACCOUNT_HOLDERS = ("defaults", "accounts")
 _AUTH_KINDS = "app_id + app_secret(_file), or token(_file)"
 # The lower limits of interval and timeout depend on the endpoint: `schedule` checks them.
@@ -837,8 +937,17 @@ _INHERITED: tuple[Key[_Checker], ...] = (
     Key("stale_after", _Checker.duration, doc="default: 3 x interval"),
     Key("ca_file", _Checker.ca_file, doc="PEM bundle for KooDrive's certificate"),
     Key("insecure_skip_verify", _Checker.boolean, False, doc="skip certificate checks"),
+    Key("collectors", _Checker.collectors, doc="what to poll, default [overview]"),
+    Key("page_size", _Checker.page_size, _built_in("page_size"), doc="items per page"),
 )
 _DEFAULTS = Section(_INHERITED)
+_COLLECTOR = Section(
+    (
+        Key("interval", _INTERVAL, doc="the collector's own interval"),
+        Key("stale_after", _Checker.duration, doc="the collector's own stale_after"),
+    ),
+    not_mapping="must be null or a mapping with `interval` and/or `stale_after`",
+)
 _APP_AUTH: Section[_Checker] = Section(
     (
         Key("app_id", _HEADER_TEXT, missing=REQUIRED, doc="the AppId"),

@@ -272,8 +272,9 @@ class Exposition:
             cache.process_until = now + PROCESS_TTL
         parts: list[bytes] = []
         for head, chunks in zip(cache.account_headers, self._chunks, strict=True):
-            parts.append(head)
-            parts.extend(chunks)
+            if any(chunks):  # a family without samples (a collector no account runs) is left out
+                parts.append(head)
+                parts.extend(chunks)
         parts.append(global_text(self._state, cache.global_headers).encode())
         parts.append(cache.process)
         if openmetrics:
@@ -325,10 +326,13 @@ class Exposition:
 
 def _deadlines(account: AccountState) -> tuple[float, ...]:
     """Per slot of _SOURCES, until when that collector's rows may be shown (-inf: never)."""
-    collectors, stale_after = account.collectors, account.stale_after
+    collectors = account.collectors
     deadlines: list[float] = []
     for source in _SOURCES:
         collector = collectors.get(source)
         success = collector.last_success if collector is not None else None
-        deadlines.append(-math.inf if success is None else success.started_at + stale_after)
+        if success is None:
+            deadlines.append(-math.inf)
+        else:
+            deadlines.append(success.started_at + collector.stale_after)  # type: ignore[union-attr]
     return tuple(deadlines)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from .. import __version__
 from .model import Reason
-from .state import CollectorState, DurationHistogram, ExporterState
+from .state import AccountState, CollectorState, DurationHistogram, ExporterState
 
 Number = int | float
 Value = Number | Mapping[tuple[str, ...], Number] | DurationHistogram | None
@@ -99,6 +99,33 @@ def _errors(poll: CollectorState) -> Mapping[tuple[str, ...], int] | None:
     return {(reason.value,): count for reason, count in errors.items()} if errors else None
 
 
+def _collectors_up(account: AccountState) -> Mapping[tuple[str, ...], int] | None:
+    up = {
+        (name,): 1 if poll.last.reason is None else 0
+        for name, poll in account.collectors.items()
+        if poll.last is not None
+    }
+    return up or None
+
+
+def _collectors_last_success(account: AccountState) -> Mapping[tuple[str, ...], float] | None:
+    times = {
+        (name,): poll.last_success.started_at
+        for name, poll in account.collectors.items()
+        if poll.last_success is not None
+    }
+    return times or None
+
+
+def _collectors_errors(account: AccountState) -> Mapping[tuple[str, ...], int] | None:
+    errors = {
+        (name, reason.value): count
+        for name, poll in account.collectors.items()
+        for reason, count in poll.errors.items()
+    }
+    return errors or None
+
+
 def _build_info(_: ExporterState) -> Mapping[tuple[str, ...], int]:
     return {(platform.python_version(), __version__): 1}
 
@@ -140,14 +167,39 @@ HEALTH: tuple[Metric, ...] = (
     Metric(
         "koodrive_poll_errors_total",
         "counter",
-        f"Failed requests, retries included, by reason ({REASONS}).",
+        f"Failed requests of the overview, retries included, by reason ({REASONS}).",
         _errors,
         labels=("account", "reason"),
     ),
     Metric(
+        "koodrive_collector_up",
+        "gauge",
+        "1 if the last poll of the collector succeeded, 0 otherwise.",
+        _collectors_up,
+        labels=("account", "collector"),
+        source=ACCOUNT,
+    ),
+    Metric(
+        "koodrive_collector_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time when the last successful poll of the collector started.",
+        _collectors_last_success,
+        labels=("account", "collector"),
+        unit="seconds",
+        source=ACCOUNT,
+    ),
+    Metric(
+        "koodrive_collector_errors_total",
+        "counter",
+        f"Failed requests of the collector, retries included, by reason ({REASONS}).",
+        _collectors_errors,
+        labels=("account", "collector", "reason"),
+        source=ACCOUNT,
+    ),
+    Metric(
         "koodrive_poll_duration_seconds",
         "histogram",
-        "Duration of polls of the space usage overview, all accounts, retries included.",
+        "Duration of polls, all accounts and collectors, retries included.",
         lambda state: state.poll_duration,
         unit="seconds",
         source=EXPORTER,

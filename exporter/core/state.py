@@ -23,8 +23,10 @@ DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 @dataclass(slots=True)
 class CollectorState:
-    """The last outcome, and the last success, of one collector of one account."""
+    """The last outcome, and the last success, of one collector of one account; its rows
+    leave the body once the last success is older than `stale_after`."""
 
+    stale_after: float
     last: Snapshot | None = None
     last_success: Snapshot | None = None
     errors: dict[Reason, int] = field(default_factory=dict)
@@ -35,13 +37,12 @@ class AccountState:
     """One account as configured, and what each of its collectors has learned.
 
     `collectors` follows the config's list, in its order; a collector that stays across a
-    reload keeps its state. `stale_after` and `polled` are kept as plain fields because the
-    exposition reads them for every account it renders.
+    reload keeps its state. `polled` is kept as a plain field because the exposition reads
+    it for every account it renders.
     """
 
     config: AccountConfig
     collectors: dict[str, CollectorState]
-    stale_after: float
     # Whether any collector has finished a poll (the exposition skips accounts that have not).
     polled: bool = False
 
@@ -105,13 +106,13 @@ class ExporterState:
         for account in accounts:
             known = self.accounts.get(account.name)
             before = known.collectors if known is not None else {}
-            collectors = {
-                c.name: before.get(c.name) or CollectorState() for c in account.collectors
-            }
+            collectors: dict[str, CollectorState] = {}
+            for collector in account.collectors:
+                state = before.get(collector.name) or CollectorState(collector.stale_after)
+                state.stale_after = collector.stale_after
+                collectors[collector.name] = state
             polled = any(collector.last is not None for collector in collectors.values())
-            fresh[account.name] = AccountState(
-                account, collectors, account.stale_after_seconds, polled
-            )
+            fresh[account.name] = AccountState(account, collectors, polled)
         self.accounts = fresh
         self.layout += 1
         self.version += 1

@@ -9,14 +9,30 @@ from __future__ import annotations
 import dataclasses
 import secrets
 
-from ..core.config import AccountConfig, AppAuth, Config, Secret, SecretRef, TokenAuth
+from ..core.config import (
+    STALE_INTERVALS,
+    AccountConfig,
+    AppAuth,
+    Config,
+    Secret,
+    SecretRef,
+    TokenAuth,
+    collector_config,
+)
+from ..core.endpoints import ENDPOINTS
 
 DEMO_INTERVAL = 5.0
 DEMO_TIMEOUT = 2.0
+# Every collector, all at the demo's interval, so a newcomer sees every metric at once.
+DEMO_COLLECTORS = tuple(
+    collector_config((name, DEMO_INTERVAL, None), DEMO_INTERVAL, STALE_INTERVALS * DEMO_INTERVAL)
+    for name in ENDPOINTS
+)
 
 
 def demo_config() -> Config:
-    """Two accounts, one per auth kind; `point_at` aims them at a running simulator."""
+    """Two accounts, one per auth kind, running every collector; `point_at` aims them at
+    a running simulator."""
     app = AccountConfig(
         name="demo-app",
         user_id="1505084218764547200",
@@ -26,6 +42,7 @@ def demo_config() -> Config:
         ),
         interval=DEMO_INTERVAL,
         timeout=DEMO_TIMEOUT,
+        collectors=DEMO_COLLECTORS,
     )
     token = AccountConfig(
         name="demo-token",
@@ -35,6 +52,7 @@ def demo_config() -> Config:
         ),
         interval=DEMO_INTERVAL,
         timeout=DEMO_TIMEOUT,
+        collectors=DEMO_COLLECTORS,
     )
     return Config(accounts=(app, token), source="<demo>")
 

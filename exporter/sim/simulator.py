@@ -47,6 +47,9 @@ _REQUIRED_SIGNED = {"host", "x-date", "x-user-id"}
 KB_PER_GIB = 1024 * 1024
 _CAPACITIES_GIB = (100, 500, 1024, 5 * 1024, 10 * 1024)
 DAY = 86400.0
+TIER_SIZES_GB = (1, 5, 10, 20, 50, 100, 200, 500)
+# Items per page of the quota tiers, at most: below the exporter's default `limit` of 100.
+MAX_PAGE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,8 @@ class Seen:
     x_date: str
     trace_id: str
     server_time: float
+    path: str = ""
+    query: str = ""
 
 
 class Reject(Exception):
@@ -220,8 +225,12 @@ class Simulator:
         *,
         clock: Callable[[], float] = time.time,
         history: int = 10_000,
+        max_page: int = MAX_PAGE,
     ) -> None:
         self._clock = clock
+        # The most items a page holds, whatever `limit` asks: smaller than the exporter's
+        # default page size, so that paging is exercised by default.
+        self.max_page = max_page
         self._started = clock()
         self._credentials = CredentialStore()
         self._by_user: dict[str, list[AccountConfig]] = {}
@@ -238,6 +247,8 @@ class Simulator:
         # envelope of a success, as a JSON-able object.
         self._answers: dict[str, Callable[[str, web.Request], dict[str, object]]] = {
             "overview": lambda name, _: _usage_body(self.usage(name)),
+            "subscription": lambda name, _: subscription_body(self.usage(name), name),
+            "quota_tiers": self._quota_tiers,
         }
         missing = set(ENDPOINTS) - set(self._answers)
         if missing:
@@ -326,14 +337,42 @@ class Simulator:
         if fault is not None and fault.kind not in (FaultKind.CLOCK_OFFSET, FaultKind.DATE):
             self._note(request, account.name, f"fault:{fault.kind}", now)
             return await self._misbehave(request, account.name, fault, date, answer)
+        try:
+            body = answer(account.name, request)
+        except Reject as exc:
+            self._note(request, account.name, f"rejected:{exc.status}", now)
+            body = {"code": exc.code, "msg": exc.msg}
+            return web.json_response(body, status=exc.status, headers=date)
         self._note(request, account.name, "accepted", now)
-        return web.json_response(answer(account.name, request), headers=date)
+        return web.json_response(body, headers=date)
+
+    def _quota_tiers(self, name: str, request: web.Request) -> dict[str, object]:
+        """One page of the account's tiers; `limit`/`offset` as the docs name them, offset
+        counting items; a bad value is the documented parameter-validation error."""
+        tiers = quota_tiers(self.usage(name), name)
+        try:
+            limit = int(request.query.get("limit", str(self.max_page)))
+            offset = int(request.query.get("offset", "0"))
+        except ValueError:
+            raise Reject(400, 13000102, "parameter validation failed: limit/offset") from None
+        if limit < 1 or offset < 0:
+            raise Reject(400, 13000102, "parameter validation failed: limit/offset")
+        page = tiers[offset : offset + min(limit, self.max_page)]
+        return {"code": 0, "msg": "success", "data": page, "total": len(tiers)}
 
     def _note(self, request: web.Request, account: str, outcome: str, now: float) -> None:
         self.outcomes[outcome] += 1
         headers = request.headers
         self.seen.append(
-            Seen(account, outcome, headers.get("X-Date", ""), headers.get("X-Traceid", ""), now)
+            Seen(
+                account,
+                outcome,
+                headers.get("X-Date", ""),
+                headers.get("X-Traceid", ""),
+                now,
+                request.path,
+                request.query_string,
+            )
         )
 
     async def _misbehave(
@@ -460,6 +499,61 @@ def _check_x_date(value: str, now: float) -> None:
         raise Reject(401, 401, "X-Date is later than the server time")
     if now - signed_at > X_DATE_WINDOW:
         raise Reject(401, 401, "X-Date is older than 15 minutes")
+
+
+def _shares(total: int, weights: tuple[int, ...]) -> list[int]:
+    """`total` split in proportion to `weights`, the remainder on the last: sums stay exact."""
+    parts = [total * weight // sum(weights) for weight in weights[:-1]]
+    return [*parts, total - sum(parts)]
+
+
+def subscription_body(usage: Usage, name: str) -> dict[str, object]:
+    """quotaUsed, consistent with the overview: `spaceUsed` is its totalUsed (KB), the
+    per-type figures sum to the totals, quotas in GB sum to the capacity."""
+    digest = hashlib.sha256(f"subscription:{name}".encode()).digest()
+    capacity_gb = usage.capacity_kb // KB_PER_GIB
+    dept, personal, group, reserved = _shares(capacity_gb, (6, 2, 2, 0))
+    used = _shares(usage.used_kb, (2 + digest[0] % 5, 2 + digest[1] % 5, 1 + digest[2] % 3))
+    assigned = [quota * (10 + digest[3] % 60) // 100 for quota in (dept, personal, group)]
+    limit = (50, 100, 500, 1000)[digest[4] % 4]
+    data = {
+        "spaceCapacity": capacity_gb,
+        "userCount": limit * (30 + digest[5] % 65) // 100,
+        "userMaxCount": limit,
+        "deptSpaceQuota": dept,
+        "personalSpaceQuota": personal,
+        "groupSpaceQuota": group,
+        "reservedSpaceQuota": reserved,
+        "deptSpaceQuotaUsed": assigned[0],
+        "personalSpaceQuotaUsed": assigned[1],
+        "groupSpaceQuotaUsed": assigned[2],
+        "spaceQuotaUsed": sum(assigned),
+        "deptSpaceUsed": used[0],
+        "personalSpaceUsed": used[1],
+        "groupSpaceUsed": used[2],
+        "spaceUsed": usage.used_kb,
+        "packageDownloadExpires": 7,
+        "productType": "1",
+    }
+    return {"code": 0, "msg": "success", "data": data}
+
+
+def quota_tiers(usage: Usage, name: str) -> list[dict[str, object]]:
+    """The account's quota tiers (1 GB to 100 GB, five to eight of them), splitting the
+    overview's totals exactly, so that the tiers add up to what the overview says."""
+    digest = hashlib.sha256(f"tiers:{name}".encode()).digest()
+    sizes = TIER_SIZES_GB[: 5 + digest[0] % 4]
+    weights = tuple(1 + digest[1 + i] % 9 for i in range(len(sizes)))
+    columns = zip(
+        _shares(usage.allocation_kb, weights),
+        _shares(usage.capacity_kb, weights),
+        _shares(usage.used_kb, weights),
+        strict=True,
+    )
+    return [
+        {"quota": str(size), "totalAllocation": a, "totalCapacity": c, "totalUsed": u}
+        for size, (a, c, u) in zip(sizes, columns, strict=True)
+    ]
 
 
 def _usage_body(usage: Usage) -> dict[str, object]:

@@ -4,7 +4,7 @@ It signs, sends and pages a request to whichever endpoint it is given (core/endp
 and hands the answer's `data` to that endpoint's parser. Every failure leaves as a
 FetchError with a bounded `reason`; the poller never has to know about aiohttp's exception
 zoo. The envelope it relies on (`code`, `msg`, `data`) is in docs/koodrive-api.md section
-2.3, paging by `limit`/`offset` in its section 3, and the error shapes, with the reason each
+2.3, paging by `limit`/`offset` in its section 3.2, and the error shapes, with the reason each
 one maps to, in its section 5.
 """
 
