@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 import yaml
-from support import DASHBOARD, ROOT, RULES, dashboard_exprs, panels, samples
+from support import DASHBOARD, DOC_SUBSCRIPTION, ROOT, RULES, dashboard_exprs, panels, samples
 
 from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.core.endpoints import QUOTA_TIERS, SUBSCRIPTION
 from exporter.core.exposition import Exposition
 from exporter.core.model import Reason, Snapshot, UsageBytes
 from exporter.core.state import ExporterState
+from exporter.sim.demo import DEMO_COLLECTORS
 
 SCHEMA_CHECK = ROOT / "dashboards" / "schema-check"
 METRIC = re.compile(r"\b(?:account:)?koodrive_[a-z0-9_]+(?::[a-z0-9_]+)?")
@@ -42,11 +44,18 @@ def exported_metric_names() -> set[str]:
     """Every sample name the exporter can emit, from a fully populated collector."""
     token = TokenAuth(token=SecretRef(key="token", value=Secret("t")))
     account = AccountConfig(name="a", user_id="1", auth=token)
+    account = dataclasses.replace(account, collectors=DEMO_COLLECTORS)
     state = ExporterState([account], loaded_at=1.0)
     usage = UsageBytes(allocated=1, capacity=2, used=1)
     state.record(Snapshot("a", "overview", 1.0, 0.1, "t", result=usage))
     failed = Snapshot("a", "overview", 2.0, 0.1, "t", reason=Reason.AUTH, failures=(Reason.AUTH,))
     state.record(dataclasses.replace(failed, clock_skew=0.5))
+    subscription = SUBSCRIPTION.parse(DOC_SUBSCRIPTION, 1024)
+    state.record(Snapshot("a", "subscription", 1.0, 0.1, "t", result=subscription))
+    tiers = QUOTA_TIERS.parse(
+        [{"quota": "1", "totalAllocation": 1, "totalCapacity": 1, "totalUsed": 0}], 1
+    )
+    state.record(Snapshot("a", "quota_tiers", 1.0, 0.1, "t", result=tiers))
     text = Exposition(state, clock=lambda: 1.5).render().decode()
     return {name for name, _ in samples(text)}
 
@@ -113,6 +122,11 @@ def test_expected_panels_and_units() -> None:
     for title in ("Up", "Age of last success", "Poll errors by reason", "Poll duration",
                   "Clock skew"):  # fmt: skip
         assert title in by_title
+    assert units["Seats used and subscribed"] == "none"
+    assert units["Subscribed capacity and used"] == "bytes"
+    assert units["Quota and usage per space type"] == "bytes"
+    assert units["Quota tiers"] == "bytes"
+    assert by_title["Quota tiers"]["type"] == "table"
 
 
 def test_every_metric_used_is_exported_or_recorded() -> None:

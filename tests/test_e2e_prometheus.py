@@ -22,9 +22,11 @@ import aiohttp
 import yaml
 from aiohttp import web
 from dashboard_svg import render
-from support import DASHBOARD, RULES, dashboard_exprs, panels
+from support import DASHBOARD, RULES, dashboard_exprs, panels, two_account_config
 
+from exporter.core.config import load_config
 from exporter.core.model import Usage
+from exporter.sim.simulator import quota_tiers
 from exporter.web.server import Settings, create_app
 
 JOB = "koodrive-exporter"
@@ -42,7 +44,17 @@ MAIN_PANELS = {
     "Age of last success",
     "Poll duration",
     "Clock skew",
+    "Seats used and subscribed",
+    "Subscribed capacity and used",
+    "Quota and usage per space type",
+    "Quota tiers",
+    "Collectors",
 }
+TIME_LAPSE = 30.0
+# Every collector, each polled every second, so the Subscription row fills within the run.
+COLLECTORS = (
+    "  collectors: {overview: null, subscription: {interval: 1s}, quota_tiers: {interval: 1s}}"
+)
 
 
 def free_port() -> int:
@@ -86,11 +98,19 @@ class Prometheus:
 
 
 async def test_end_to_end_with_prometheus(simulated, logs, tmp_path: Path, prometheus_binary):
-    started = time.monotonic()
+    started, wall_start = time.monotonic(), time.time()
     simulator = simulated.simulator
     simulator.set_usage("acme", ACME)
+    # Beta's usage grows 30 times faster than real time, so the picture's lines show a few
+    # simulated minutes of growth (its growth and forecast panels read 30 times high).
+    simulator.time_lapse = TIME_LAPSE
 
-    exporter = web.AppRunner(create_app(simulated.config, logs.log, Settings(startup_window=0.1)))
+    (tmp_path / "e2e").mkdir()
+    config_file = two_account_config(
+        simulated.url, tmp_path / "e2e", interval="1s", extra=COLLECTORS
+    )
+    settings = Settings(startup_window=0.1)
+    exporter = web.AppRunner(create_app(load_config(config_file), logs.log, settings))
     await exporter.setup()
     site = web.TCPSite(exporter, "127.0.0.1", 0)
     await site.start()
@@ -123,6 +143,7 @@ async def test_end_to_end_with_prometheus(simulated, logs, tmp_path: Path, prome
 
             # Prometheus stored exactly what the exporter published.
             up = await prom.wait("koodrive_up", lambda r: len(r) == 2, timeout=30)
+            first_sample = time.time()
             assert {s["metric"]["account"]: s["value"][1] for s in up} == {"acme": "1", "beta": "1"}
             used = await prom.query('koodrive_space_used_bytes{account="acme"}')
             assert float(used[0]["value"][1]) == ACME.used_kb * 1024
@@ -135,6 +156,12 @@ async def test_end_to_end_with_prometheus(simulated, logs, tmp_path: Path, prome
             assert float(utilization[0]["value"][1]) == 0.5
             # deriv() needs a few samples of beta's growing usage.
             await prom.wait("account:koodrive_space_full_in:seconds", bool, timeout=20)
+            # The subscription and tier figures arrived as the simulator answered them.
+            seats = await prom.wait("account:koodrive_subscription_seats_used:ratio", bool, 10)
+            assert {s["metric"]["account"] for s in seats} == {"acme", "beta"}
+            tiers = await prom.query('koodrive_quota_tier_used_bytes{account="acme"}')
+            expected = {t["quota"]: t["totalUsed"] * 1024 for t in quota_tiers(ACME, "acme")}
+            assert {s["metric"]["quota"]: float(s["value"][1]) for s in tiers} == expected
 
             # Every dashboard expression evaluates, and the main panels have data.
             values: dict[str, list[tuple[str, float]]] = {}
@@ -176,7 +203,12 @@ async def test_end_to_end_with_prometheus(simulated, logs, tmp_path: Path, prome
             assert alert["labels"]["severity"] == "warning"
             assert "acme" in alert["annotations"]["summary"]
 
-        layout = render(json.loads(DASHBOARD.read_text(encoding="utf-8")), values)
+            # The range data Prometheus stored, for the picture's lines: at least 12 s of it.
+            await asyncio.sleep(max(0.0, first_sample + 12 - time.time()))
+            series = await range_series(prom, started_at=wall_start)
+
+        layout = render(json.loads(DASHBOARD.read_text(encoding="utf-8")), values, series)
+        assert layout.count("<polyline") >= 10
         (tmp_path / "layout.svg").write_text(layout, encoding="utf-8")
         assert layout.count("<rect") > len(MAIN_PANELS)
         if os.environ.get("KOODRIVE_WRITE_LAYOUT") == "1":
@@ -189,6 +221,30 @@ async def test_end_to_end_with_prometheus(simulated, logs, tmp_path: Path, prome
         except subprocess.TimeoutExpired:
             process.kill()
         await exporter.cleanup()
+
+
+async def range_series(prom: Prometheus, started_at: float) -> dict[str, list]:
+    """Each time-series panel's lines over the run: (legend, [(time, value)])."""
+    out: dict[str, list] = {}
+    for panel in panels(json.loads(DASHBOARD.read_text(encoding="utf-8"))):
+        if panel["type"] != "timeseries":
+            continue
+        for target in panel["targets"]:
+            data = await prom.get(
+                "/api/v1/query_range",
+                query=substitute(target["expr"]),
+                start=f"{started_at:.3f}",
+                end=f"{time.time():.3f}",
+                step="1",
+            )
+            for result in data["result"]:
+                legend = re.sub(
+                    r"\{\{(\w+)\}\}", lambda m, r=result: r["metric"].get(m[1], ""),
+                    target["legendFormat"],
+                )  # fmt: skip
+                points = [(float(t), float(v)) for t, v in result["values"]]
+                out.setdefault(panel["title"], []).append((legend, points))
+    return out
 
 
 async def wait_ready(

@@ -19,6 +19,9 @@ import pytest
 import trustme
 import yaml
 
+from exporter.core.config import reference
+from exporter.core.endpoints import ENDPOINTS
+
 ROOT = Path(__file__).parent.parent
 CHART = ROOT / "helm" / "koodrive-exporter"
 KUBE_VERSION = "1.30.0"
@@ -100,6 +103,25 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "mode": "statefulset",
         "replicaCount": 3,
         "serviceMonitor": {"enabled": True},
+    },
+    "collectors": {
+        "config": {
+            "max_concurrency": 16,
+            "defaults": {**ACCOUNTS["defaults"], "collectors": ["overview", "subscription"]},
+            "accounts": [
+                {
+                    **ACCOUNTS["accounts"][0],
+                    "page_size": 50,
+                    "collectors": {
+                        "overview": None,
+                        "subscription": {"interval": "30m"},
+                        "quota_tiers": {"interval": "5m", "stale_after": "20m"},
+                    },
+                },
+                ACCOUNTS["accounts"][1],
+            ],
+        },
+        "existingSecret": "koodrive-credentials",
     },
     "everything off": {
         "config": ACCOUNTS,
@@ -246,8 +268,18 @@ def test_config_change_rolls_the_pods() -> None:
         {"config": {"accounts": [{"name": "a", "user_id": "1", "auth": {"token": "inline"}}]}},
         {"config": {"defaults": {"intervall": "1m"}}},
         {"service": {"port": 0}},
+        {"config": {"defaults": {"collectors": ["overveiw"]}}},
+        {"config": {"defaults": {"collectors": {"subscription": {"intervall": "1h"}}}}},
     ],
-    ids=["typo at top", "typo in image", "inline secret", "typo in defaults", "bad port"],
+    ids=[
+        "typo at top",
+        "typo in image",
+        "inline secret",
+        "typo in defaults",
+        "bad port",
+        "unknown collector",
+        "typo in a collector",
+    ],
 )
 def test_schema_rejects(values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmError):
@@ -286,3 +318,22 @@ def test_statefulset_mode_shards_by_pod_ordinal() -> None:
     selector = monitor["spec"]["selector"]["matchLabels"]
     pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= pod_labels.items()
+
+
+def test_the_values_schema_knows_every_config_key() -> None:
+    """The chart's schema lists the config's keys (as the README does): a key added to the
+    config schema but not to the chart would be refused by `helm install`."""
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    config = schema["properties"]["config"]["properties"]
+    account = config["accounts"]["items"]["properties"]
+    defaults = schema["definitions"]["defaults"]["properties"]
+    keys = reference()
+    assert set(defaults) == {k for k, where in keys.items() if where == "defaults, account"}
+    per_account = {k for k, where in keys.items() if "account" in where and "." not in k}
+    assert set(account) - {"auth"} == per_account
+    assert set(config) - {"defaults", "accounts"} == {
+        k for k, where in keys.items() if where == "top level"
+    }
+    collectors = schema["definitions"]["collectors"]["oneOf"]
+    assert set(collectors[0]["items"]["enum"]) == set(ENDPOINTS)
+    assert set(collectors[1]["properties"]) == set(ENDPOINTS)

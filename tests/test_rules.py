@@ -18,6 +18,8 @@ ALERTS = {
     "KooDriveMetricsStale",
     "KooDriveAuthFailing",
     "KooDriveClockSkew",
+    "KooDriveSeatsAlmostExhausted",
+    "KooDriveCollectorFailing",
 }
 
 
@@ -31,7 +33,7 @@ def test_promtool_check_rules(promtool: str) -> None:
         [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+    assert "SUCCESS: 14 rules found" in result.stdout
 
 
 def test_promtool_test_rules(promtool: str) -> None:

@@ -232,6 +232,9 @@ class Simulator:
         # default page size, so that paging is exercised by default.
         self.max_page = max_page
         self._started = clock()
+        # Simulated seconds of usage growth per real second: a time-lapse for pictures and
+        # demos that should show growth within minutes. Auth and dates keep the real clock.
+        self.time_lapse = 1.0
         self._credentials = CredentialStore()
         self._by_user: dict[str, list[AccountConfig]] = {}
         for account in config.accounts:
@@ -273,7 +276,7 @@ class Simulator:
         fixed = self._fixed.get(name)
         if fixed is not None:
             return fixed
-        return self._growth[name].at(self._clock() - self._started)
+        return self._growth[name].at((self._clock() - self._started) * self.time_lapse)
 
     def set_usage(self, name: str, usage: Usage) -> None:
         """Pin an account's usage (stops its growth), e.g. to drive it to 95 %."""
