@@ -31,7 +31,7 @@ from exporter.upstream.credentials import CredentialStore
 from exporter.upstream.signing import request_headers
 from exporter.web.server import Settings, create_app
 
-ALL = "  collectors: [overview, subscription, quota_tiers]\n  page_size: 5"
+ALL = "  collectors: [overview, subscription, quota_tiers]\n  page_size: 10"
 PINNED = {
     "acme": Usage(allocation_kb=43, capacity_kb=10 * 1024 * 1024, used_kb=33085606),
     "beta": Usage(allocation_kb=1, capacity_kb=2 * 1024 * 1024, used_kb=1_500_000),
@@ -48,7 +48,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    """The simulator pages at most 2 tiers, below the exporter's page size of 5."""
+    """The simulator pages at most 2 tiers, below the exporter's page size of 10."""
     placeholder = two_account_config("http://127.0.0.1:1", tmp_path, extra=ALL)
     simulator = Simulator(load_config(placeholder), max_page=2)
     for name, usage in PINNED.items():
@@ -162,7 +162,7 @@ async def test_tiers_are_paged_by_items_collected_with_the_query_signed(
     first_poll = pages[: (tiers + 1) // 2]
     # 2 items a page whatever the limit: offsets follow the items collected, all signed
     # (acme uses app authentication, whose signature the simulator checks, query included).
-    assert first_poll == [{"limit": "5", "offset": str(n)} for n in range(0, tiers, 2)]
+    assert first_poll == [{"limit": "10", "offset": str(n)} for n in range(0, tiers, 2)]
     assert len(first_poll) >= 3
 
 

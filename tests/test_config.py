@@ -20,7 +20,11 @@ from exporter.core.config import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
 ERROR_FIXTURES = sorted(FIXTURES.glob("*.yaml"))
-ENV = {"KOODRIVE_TEST_EMPTY": "", "KOODRIVE_TEST_SECRET": "from-env"}
+ENV = {
+    "KOODRIVE_TEST_EMPTY": "",
+    "KOODRIVE_TEST_SECRET": "from-env",
+    "KOODRIVE_TEST_TIMEOUT": "45s",
+}
 README = Path(__file__).parent.parent / "README.md"
 ACCOUNT = 'accounts: [{name: a, user_id: "1", auth: {token: t}}]'
 
@@ -172,3 +176,45 @@ def readme_reference() -> dict[str, str]:
 
 def test_the_readme_lists_exactly_the_keys_the_schema_declares() -> None:
     assert readme_reference() == reference()
+
+
+def test_collectors_resolve_their_schedules_as_documented() -> None:
+    config = parse_config(
+        """
+defaults:
+  interval: 1m
+  stale_after: 5m
+  collectors: [overview, subscription]
+accounts:
+  - {name: listed, user_id: "1", auth: {token: t}}
+  - {name: slow, user_id: "2", auth: {token: t}, interval: 20m, stale_after: 1h}
+  - name: mapped
+    user_id: "3"
+    auth: {token: t}
+    collectors: {quota_tiers: {interval: 5m}, subscription: {interval: 30s, stale_after: 2m}}
+  - {name: inherits, user_id: "4", auth: {token: t}, collectors: null}
+  - {name: plain, user_id: "5", auth: {token: t}, stale_after: null}
+"""
+    )
+    schedules = {
+        account.name: [(c.name, c.interval, c.stale_after) for c in account.collectors]
+        for account in config.accounts
+    }
+    assert schedules == {
+        # subscription: every 10 minutes, its data kept for at least three of them
+        "listed": [("overview", 60.0, 300.0), ("subscription", 600.0, 1800.0)],
+        # an account slower than that: the account's interval for both
+        "slow": [("overview", 1200.0, 3600.0), ("subscription", 1200.0, 3600.0)],
+        # own schedules; an account's list replaces the one in `defaults`
+        "mapped": [("quota_tiers", 300.0, 900.0), ("subscription", 30.0, 120.0)],
+        "inherits": [("overview", 60.0, 300.0), ("subscription", 600.0, 1800.0)],
+        "plain": [("overview", 60.0, 300.0), ("subscription", 600.0, 1800.0)],
+    }
+
+
+def test_without_collectors_an_account_polls_the_overview_only() -> None:
+    (account,) = parse_config(ACCOUNT).accounts
+    assert [(c.name, c.interval, c.stale_after) for c in account.collectors] == [
+        ("overview", 60.0, 180.0)
+    ]
+    assert account.page_size == 100

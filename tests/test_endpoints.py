@@ -40,6 +40,14 @@ PAGED = Endpoint(
     metrics=(),
     paged=True,
 )
+BOUNDED = Endpoint(
+    name="bounded_test",
+    path="/koodrive/ose/v1/test/paged",
+    parse=lambda items, kilobyte: len(items),
+    metrics=(),
+    paged=True,
+    max_items=10,
+)
 SINGLE = Endpoint(
     name="single_test",
     path="/koodrive/ose/v1/test/single",
@@ -55,6 +63,7 @@ class PagingUpstream:
     items: list[dict[str, int]] = field(default_factory=list)
     server_page: int = 3
     total: object = None  # None: the true count; OMIT: no `total` at all
+    ignore_limit: bool = False
     seen: list[tuple[int, int]] = field(default_factory=list)  # (limit, offset) per request
     signatures: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
@@ -69,7 +78,8 @@ class PagingUpstream:
             return web.json_response({"code": 0, "msg": "success", "data": {"value": 7}})
         limit, offset = int(request.query["limit"]), int(request.query["offset"])
         self.seen.append((limit, offset))
-        page = self.items[offset : offset + min(limit, self.server_page)]
+        size = self.server_page if self.ignore_limit else min(limit, self.server_page)
+        page = self.items[offset : offset + size]
         document = {"code": 0, "msg": "success", "data": page}
         if self.total is not OMIT:
             document["total"] = len(self.items) if self.total is None else self.total
@@ -163,6 +173,30 @@ async def test_an_upstream_that_never_finishes_paging_is_cut_at_the_page_limit(p
     assert info.value.reason is Reason.INVALID_RESPONSE
     assert f"more than {MAX_PAGES} pages" in info.value.detail
     assert len(upstream.seen) == MAX_PAGES
+
+
+async def test_a_total_beyond_what_the_endpoint_reads_is_refused_before_any_page_is_kept(
+    paging,
+) -> None:
+    upstream, url = paging
+    upstream.items = [{"n": n} for n in range(3)]
+    upstream.total = 11
+    with pytest.raises(FetchError) as info:
+        await fetch(url, BOUNDED)
+    assert (info.value.reason, info.value.api_code) == (Reason.INVALID_RESPONSE, "0")
+    assert info.value.detail == "total of 11 items, more than the 10 read"
+    assert upstream.seen == [(5, 0)]
+    upstream.total = 10
+    assert await fetch(url, BOUNDED) == 3  # within bounds: read until an empty page
+
+
+async def test_a_page_longer_than_asked_is_refused(paging) -> None:
+    upstream, url = paging
+    upstream.items = [{"n": n} for n in range(8)]
+    upstream.server_page, upstream.ignore_limit = 8, True
+    with pytest.raises(FetchError) as info:
+        await fetch(url, PAGED, page_size=5)
+    assert info.value.detail == "a page of 8 items where 5 were asked for"
 
 
 async def test_data_that_is_not_a_list_is_an_invalid_response(paging) -> None:

@@ -295,8 +295,8 @@ def test_openmetrics_metadata_follows_the_spec() -> None:
     assert text.endswith("koodrive_exporter_shard_accounts 1\n# EOF\n")
     parsed = {f.name: f for f in families(text, openmetrics=True)}
     others = {"subscription", "quota_tiers"}  # collectors this account does not run
-    no_date = {"koodrive_clock_skew_seconds"}  # these snapshots saw no Date header
-    expected = {m.family for m in METRICS if m.source not in others} - no_date
+    # Every family of a collector the account runs is there, with or without samples.
+    expected = {m.family for m in METRICS if m.source not in others}
     assert {name for name in parsed if name.startswith("koodrive_")} == expected
     for metric in METRICS:
         if metric.family not in expected:
@@ -467,3 +467,41 @@ def test_readme_metrics_reference_matches_the_table() -> None:
         f"| `{m.name}` | {m.type} | {m.unit} | {', '.join(m.labels)} | {m.help} |" for m in METRICS
     )
     assert readme_rows() == table, f"README's metrics reference should read:\n{expected}"
+
+
+def test_a_tier_that_leaves_the_answer_leaves_the_body_and_tiers_go_stale_alone() -> None:
+    full = dataclasses.replace(
+        accounts("t")[0],
+        collectors=tuple(collector_config((n, None, None), 60.0, 180.0) for n in ENDPOINTS),
+    )
+    state = ExporterState([full])
+    clock = Clock(1000.0)
+    registry = registry_for(state, clock)
+    two = QUOTA_TIERS.parse(DOC_TIERS, 1)
+    state.record(Snapshot("t", "overview", 1000.0, 0.1, "t", result=UsageBytes(1, 2, 1)))
+    state.record(Snapshot("t", "quota_tiers", 900.0, 0.1, "t", result=two))
+    tier = {"account": "t", "quota": "5"}
+    assert registry.get_sample_value("koodrive_quota_tier_used_bytes", tier) == 1048576
+    one = QUOTA_TIERS.parse(DOC_TIERS[:1], 1)
+    state.record(Snapshot("t", "quota_tiers", 1000.0, 0.1, "t", result=one))
+    assert registry.get_sample_value("koodrive_quota_tier_used_bytes", tier) is None
+    assert registry.get_sample_value("koodrive_quota_tier_used_bytes", {**tier, "quota": "1"}) == 0
+    # The tiers' last success ages out (180 s) while the overview's is fresh: only the
+    # tiers leave.
+    state.record(Snapshot("t", "overview", 1170.0, 0.1, "t", result=UsageBytes(1, 2, 1)))
+    clock.now = 1180.5
+    assert (
+        registry.get_sample_value("koodrive_quota_tier_used_bytes", {**tier, "quota": "1"}) is None
+    )
+    assert registry.get_sample_value("koodrive_space_used_bytes", {"account": "t"}) == 1
+
+
+def test_an_overview_only_config_shows_every_family_it_always_had_and_no_other_collectors() -> None:
+    """Before any poll and without errors the families are there (HELP and TYPE), as they
+    always were; those of collectors no account runs are not."""
+    state = ExporterState(accounts("a"))
+    text = Exposition(state, clock=Clock(1.0), process_metrics=False).render().decode()
+    names = {f.name for f in families(text) if f.name.startswith("koodrive_")}
+    others = {"subscription", "quota_tiers"}
+    assert names == {m.family for m in METRICS if m.source not in others}
+    assert not any(name.startswith(("koodrive_subscription", "koodrive_quota")) for name in names)

@@ -48,6 +48,8 @@ DEFAULT_MAX_CONCURRENCY = 64
 MAX_CONCURRENCY = 4096
 DEFAULT_PAGE_SIZE = 100
 # The upstream's own maximum is undocumented; a page of a thousand tiers is already absurd.
+# At least 10 a page, so that the client's 100 pages reach the 1,000 tiers it reads.
+MIN_PAGE = 10
 MAX_PAGE = 1000
 MAX_RETRIES = 10
 X_DATE_WINDOW = 15 * 60
@@ -215,10 +217,6 @@ class AccountConfig:
     @property
     def stale_after_seconds(self) -> float:
         return self.stale_after or STALE_INTERVALS * self.interval
-
-    @property
-    def collector_names(self) -> tuple[str, ...]:
-        return tuple(collector.name for collector in self.collectors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -765,16 +763,29 @@ class _Checker(Checker):
 
     def page_size(self, path: str, raw: object) -> int:
         value = self.number(path, raw)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE:
-            raise Invalid(f"must be a whole number from 1 to {MAX_PAGE} {self.got(path, raw)}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not MIN_PAGE <= value <= MAX_PAGE
+        ):
+            raise Invalid(
+                f"must be a whole number from {MIN_PAGE} to {MAX_PAGE} {self.got(path, raw)}"
+            )
         return value
 
-    def collectors(self, path: str, raw: object) -> tuple[CollectorSpec, ...]:
-        """A list of names, or a mapping of name to null or {interval, stale_after}."""
+    def collectors(self, path: str, raw: object) -> tuple[CollectorSpec, ...] | None:
+        """A list of names, or a mapping of name to null or {interval, stale_after}; null is
+        unset (the inherited or built-in list applies). An account's list replaces the one
+        in `defaults`."""
+        if raw is None:
+            return None
         if isinstance(raw, list):
-            names = raw
-            if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
-                raise Invalid(f"{_COLLECTORS} (got {show_value(names)})")
+            names = [self.expand(f"{path}[{i}]", name) for i, name in enumerate(raw)]
+            if not names or not all(isinstance(name, str) for name in names):
+                raise Invalid(f"{_COLLECTORS} (got {show_value(raw)})")
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise Invalid(f"names {', '.join(map(str, repeated))} more than once")
             raw = dict.fromkeys(names)
         if not isinstance(raw, dict) or not raw:
             raise Invalid(f"{_COLLECTORS} (got {show_value(raw)})")
@@ -794,34 +805,40 @@ class _Checker(Checker):
     def collector_schedules(
         self, path: str, item: dict[str, Any], merged: dict[str, Any]
     ) -> tuple[CollectorConfig, ...] | None:
-        """The account's collectors, each checked against the account's limits."""
+        """The account's collectors, resolved against its schedule (already checked).
+
+        Only a collector's own `interval` and `stale_after` can break the account's limits;
+        an error names where they were set and, when that is `defaults`, the account too.
+        """
+        # With no collectors named, AccountConfig fills in the built-in ones.
+        account = AccountConfig(**(merged | {"collectors": ()}))
+        specs = merged.get("collectors")
+        if specs is None:
+            return account.collectors
         origin = f"{path}.collectors" if "collectors" in item else "defaults.collectors"
-        specs = merged.get("collectors") or tuple((n, None, None) for n in DEFAULT_COLLECTORS)
-        account_stale_after = merged.get("stale_after") or STALE_INTERVALS * merged["interval"]
-        loopback = is_loopback_host(urlsplit(merged["endpoint"]).hostname or "")
-        resolved = tuple(
-            collector_config(spec, merged["interval"], account_stale_after) for spec in specs
-        )
+        timeout_at = f"{path}.timeout" if "timeout" in item else "defaults.timeout"
+        of_account = "" if "collectors" in item else f" (for {path})"
+        loopback = is_loopback_host(urlsplit(account.endpoint).hostname or "")
         before = len(self.errors)
-        for collector in resolved:
-            where = join(origin, collector.name)
-            if collector.interval < MIN_INTERVAL and not loopback:
-                self.error(
-                    f"{where}.interval", f"must be at least {MIN_INTERVAL:g}s: {_POLL_LIMITS}"
-                )
-            elif merged["timeout"] > collector.interval:
-                self.error(
-                    f"{where}.interval",
-                    f"must be at least the timeout ({collector.interval:g}s < "
-                    f"{merged['timeout']:g}s)",
-                )
-            if collector.stale_after < collector.interval:
-                self.error(
-                    f"{where}.stale_after",
-                    f"must be at least the collector's interval ({collector.stale_after:g}s < "
-                    f"{collector.interval:g}s)",
-                )
-        return resolved if len(self.errors) == before else None
+
+        def refuse(at: str, rule: str, shown: str, *paths: str) -> None:
+            self.error(at, f"{rule}{of_account} {self.hidden(at, *paths) or shown}")
+
+        resolved = []
+        for spec in specs:
+            collector = collector_config(spec, account.interval, account.stale_after_seconds)
+            resolved.append(collector)
+            interval_at, stale_at = (f"{origin}.{spec[0]}.{key}" for key in _COLLECTOR_KEYS)
+            every = collector.interval
+            if spec[1] is not None and every < MIN_INTERVAL and not loopback:
+                refuse(interval_at, f"must be at least {MIN_INTERVAL:g}s", f"(got {every:g}s)")
+            elif spec[1] is not None and account.timeout > every:
+                shown = f"({every:g}s < {account.timeout:g}s)"
+                refuse(interval_at, "must be at least the timeout", shown, timeout_at)
+            if spec[2] is not None and collector.stale_after < every:
+                shown = f"({collector.stale_after:g}s < {every:g}s)"
+                refuse(stale_at, "must be at least the collector's interval", shown, interval_at)
+        return tuple(resolved) if len(self.errors) == before else None
 
     def concurrency(self, path: str, raw: object) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_CONCURRENCY:
@@ -941,6 +958,7 @@ _INHERITED: tuple[Key[_Checker], ...] = (
     Key("page_size", _Checker.page_size, _built_in("page_size"), doc="items per page"),
 )
 _DEFAULTS = Section(_INHERITED)
+_COLLECTOR_KEYS = ("interval", "stale_after")
 _COLLECTOR = Section(
     (
         Key("interval", _INTERVAL, doc="the collector's own interval"),

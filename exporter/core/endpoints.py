@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from .metrics import PRIMARY, Metric, table
-from .model import FetchError, Reason, Usage, UsageBytes
+from .metrics import Metric, table
+from .model import PRIMARY, FetchError, Reason, Usage, UsageBytes
 
 INT64_MAX = (1 << 63) - 1
 CACHED = "Cached from the last successful poll of the space usage overview"
@@ -43,7 +43,11 @@ class Endpoint:
     metrics: tuple[Metric, ...]
     # Paged with `limit` and `offset` query parameters and a `total` beside `data`.
     paged: bool = False
-    # How often the collector polls by default; None means the account's `interval`.
+    # Items a paged answer may hold in all: a larger `total` is refused before any page is
+    # kept, so a hostile server cannot fill memory a page at a time.
+    max_items: int | None = None
+    # How often the collector polls by default (or at the account's interval, if longer);
+    # None means the account's `interval`.
     interval: float | None = None
 
 
@@ -189,7 +193,7 @@ def _subscription(data: object, kilobyte: int) -> Subscription:
 def _quota_tiers(items: list[object], kilobyte: int) -> QuotaTiers:
     """Space usage by quota (docs/koodrive-api.md section 3.2): one item per tier, totals
     in KB as the overview's."""
-    if len(items) > MAX_TIERS:
+    if len(items) > MAX_TIERS:  # the client refuses such a `total` first; parse holds alone
         raise FetchError(Reason.INVALID_RESPONSE, f"more than {MAX_TIERS} quota tiers")
     allocated: dict[tuple[str, ...], int] = {}
     capacity: dict[tuple[str, ...], int] = {}
@@ -268,6 +272,7 @@ QUOTA_TIERS = Endpoint(
     path="/koodrive/ose/v1/space/usage/quota",
     parse=_quota_tiers,
     paged=True,
+    max_items=MAX_TIERS,
     metrics=(
         _gauge(
             "koodrive_quota_tier_allocated_bytes",

@@ -31,7 +31,8 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.process_collector import ProcessCollector
 
 from .endpoints import ACCOUNT_METRICS, GLOBAL_METRICS
-from .metrics import ACCOUNT, POLL, PRIMARY, Metric, Number
+from .metrics import ACCOUNT, POLL, Metric, Number
+from .model import PRIMARY
 from .state import AccountState, DurationHistogram, ExporterState
 
 CHUNK = 256
@@ -214,6 +215,10 @@ class Exposition:
         self._stale_heap: list[tuple[float, str]] = []
         self._valid_until = 0.0
         self._bodies = (_Body(TEXT), _Body(OPENMETRICS))  # indexed by Format.openmetrics
+        # Per row of ACCOUNT_METRICS: whether its family is in the body. The families of a
+        # collector that no account runs are left out, so a config without them renders
+        # exactly as before they existed.
+        self._shown: tuple[bool, ...] = ()
 
     def render(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
         now = self._clock()
@@ -271,8 +276,9 @@ class Exposition:
                 cache.process = generate_latest(self._process)
             cache.process_until = now + PROCESS_TTL
         parts: list[bytes] = []
-        for head, chunks in zip(cache.account_headers, self._chunks, strict=True):
-            if any(chunks):  # a family without samples (a collector no account runs) is left out
+        rows = zip(cache.account_headers, self._chunks, self._shown, strict=True)
+        for head, chunks, shown in rows:
+            if shown:
                 parts.append(head)
                 parts.extend(chunks)
         parts.append(global_text(self._state, cache.global_headers).encode())
@@ -285,6 +291,10 @@ class Exposition:
 
     def _relayout(self, now: float) -> None:
         accounts = self._state.accounts
+        running = {name for account in accounts.values() for name in account.collectors}
+        self._shown = tuple(
+            metric.source in running or metric.source not in _SOURCES for metric in ACCOUNT_METRICS
+        )
         self._names = list(accounts)
         self._index = {name: i for i, name in enumerate(self._names)}
         self._lines = [account_lines(name, account) for name, account in accounts.items()]

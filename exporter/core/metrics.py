@@ -36,8 +36,6 @@ Number = int | float
 Value = Number | Mapping[tuple[str, ...], Number] | DurationHistogram | None
 Kind = Literal["gauge", "counter", "histogram"]
 
-# The collector whose polls koodrive_up and the other health rows describe.
-PRIMARY = "overview"
 # Pseudo-sources of rows that read state rather than a collector's result.
 POLL = ":poll"
 ACCOUNT = ":account"
@@ -167,7 +165,7 @@ HEALTH: tuple[Metric, ...] = (
     Metric(
         "koodrive_poll_errors_total",
         "counter",
-        f"Failed requests of the overview, retries included, by reason ({REASONS}).",
+        f"Failed requests, retries included, by reason ({REASONS}).",
         _errors,
         labels=("account", "reason"),
     ),
@@ -199,7 +197,7 @@ HEALTH: tuple[Metric, ...] = (
     Metric(
         "koodrive_poll_duration_seconds",
         "histogram",
-        "Duration of polls, all accounts and collectors, retries included.",
+        "Duration of polls of the space usage overview, all accounts, retries included.",
         lambda state: state.poll_duration,
         unit="seconds",
         source=EXPORTER,

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+# The collector whose polls koodrive_up, the other per-account health metrics and the poll
+# duration histogram describe: the space usage overview, as they always have.
+PRIMARY = "overview"
 # Longest error detail kept: details end up in logs and on the landing page, and an
 # upstream that answers with a megabyte of HTML must not flood either.
 DETAIL_LIMIT = 200

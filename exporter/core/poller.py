@@ -315,7 +315,12 @@ class Poller:
         except TimeoutError:
             raise FetchError(Reason.TIMEOUT, f"poll exceeded {account.timeout:g}s") from None
         except Exception as exc:
-            self._log.exception("poll_internal_error", account=account.name, trace_id=trace_id)
+            self._log.exception(
+                "poll_internal_error",
+                account=account.name,
+                collector=endpoint.name,
+                trace_id=trace_id,
+            )
             # Only the type: an unexpected exception's text is not known to be free of secrets.
             raise FetchError(Reason.INTERNAL, f"unexpected {type(exc).__name__}") from None
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .model import Reason, Snapshot
+from .model import PRIMARY, Reason, Snapshot
 
 if TYPE_CHECKING:  # the config imports the endpoints, whose metrics read this module
     from .config import AccountConfig
@@ -129,7 +129,8 @@ class ExporterState:
             state.last_success = snapshot
         for reason in snapshot.failures:
             state.errors[reason] = state.errors.get(reason, 0) + 1
-        self.poll_duration.observe(snapshot.duration)
+        if snapshot.collector == PRIMARY:  # the histogram has always timed the overview
+            self.poll_duration.observe(snapshot.duration)
         self.changed.add(snapshot.account)
         self.version += 1
 

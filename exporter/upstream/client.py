@@ -121,25 +121,28 @@ class KooDriveClient:
 
         A paged endpoint is read until `total` items are collected or a page is empty: the
         server may return fewer items than asked on any page, so a short page alone does
-        not end it. Each page is a request of its own, signed afresh.
+        not end it. Each page is a request of its own, signed afresh. What a hostile server
+        can make it hold is bounded before anything is kept: a `total` above the
+        endpoint's `max_items`, or a page longer than asked, is refused outright.
         """
         if not endpoint.paged:
             body = await self._body(account, endpoint.path, (), trace_id)
             return parse_answer(endpoint, body, account.kilobyte)
         items: list[object] = []
+        limit = account.page_size
         for _ in range(MAX_PAGES):
-            query = (("limit", str(account.page_size)), ("offset", str(len(items))))
+            query = (("limit", str(limit)), ("offset", str(len(items))))
             document = _success(await self._body(account, endpoint.path, query, trace_id))
             page = document.get("data")
             if not isinstance(page, list):
-                raise FetchError(Reason.INVALID_RESPONSE, "`data` is missing or not a list")
-            total = int64_field(document, "total", where="")
+                raise _refused("`data` is missing or not a list")
+            total = _parsed_total(document, endpoint)
+            if len(page) > limit:
+                raise _refused(f"a page of {len(page)} items where {limit} were asked for")
             items += page
             if not page or len(items) >= total:
                 return _parsed(endpoint, items, account.kilobyte)
-        raise FetchError(
-            Reason.INVALID_RESPONSE, f"more than {MAX_PAGES} pages ({len(items)} items so far)"
-        )
+        raise _refused(f"more than {MAX_PAGES} pages ({len(items)} items so far)")
 
     async def _body(
         self, account: AccountConfig, path: str, query: tuple[tuple[str, str], ...], trace_id: str
@@ -290,6 +293,21 @@ def _success(body: bytes) -> dict[str, Any]:
     if code != "0":
         raise _api_error(code, document, status=200)
     return document
+
+
+def _refused(detail: str) -> FetchError:
+    """A success answer (`code` 0) whose paging cannot be trusted."""
+    return FetchError(Reason.INVALID_RESPONSE, detail, api_code="0")
+
+
+def _parsed_total(document: dict[str, Any], endpoint: Endpoint) -> int:
+    try:
+        total = int64_field(document, "total", where="")
+    except FetchError as exc:
+        raise _refused(exc.detail) from None
+    if endpoint.max_items is not None and total > endpoint.max_items:
+        raise _refused(f"total of {total} items, more than the {endpoint.max_items} read")
+    return total
 
 
 def parse_answer(endpoint: Endpoint, body: bytes, kilobyte: int) -> object:

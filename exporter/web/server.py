@@ -21,8 +21,7 @@ from aiohttp import web
 from .. import __version__
 from ..core.config import AccountConfig, Config, ConfigError, load_config
 from ..core.exposition import OPENMETRICS, TEXT, Exposition
-from ..core.metrics import PRIMARY
-from ..core.model import UsageBytes
+from ..core.model import PRIMARY, UsageBytes
 from ..core.poller import Poller, Source
 from ..core.sharding import owned
 from ..core.state import AccountState, ExporterState
@@ -405,7 +404,9 @@ async def _index(request: web.Request) -> web.Response:
 def _account_row(name: str, account: AccountState, now: float) -> str:
     poll = account.collectors.get(PRIMARY)
     last, success = (poll.last, poll.last_success) if poll is not None else (None, None)
-    if last is None:
+    if poll is None:
+        status = '<span class="pending">no overview collector</span>'
+    elif last is None:
         status = '<span class="pending">pending</span>'
     elif last.ok:
         status = '<span class="up">up</span>'
