@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from . import __version__
+from .check import render_json, render_text, run_checks, select
 from .core.config import Config, ConfigError, load_config
 from .core.sharding import resolve_index
 from .log import FORMATS, LEVELS, make_logger, route_stdlib_logging
@@ -41,6 +42,9 @@ def run(argv: Sequence[str] | None = None, signals: Signals | None = None) -> in
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["simulate"]:
         return _simulate(args_list[1:], signals)
+    if args_list[:1] == ["check"]:
+        signals.serving = False
+        return _live_check(args_list[1:])
     args = _parser().parse_args(args_list)
     if args.config_check:
         signals.serving = False
@@ -81,18 +85,23 @@ def run(argv: Sequence[str] | None = None, signals: Signals | None = None) -> in
     return asyncio.run(_run(config, args, log, web_config, signals))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="koodrive-exporter",
-        description="Prometheus exporter for Huawei Cloud KooDrive space usage. "
-        "Run `koodrive-exporter simulate --help` for the built-in KooDrive simulator.",
-    )
+def _add_config_file(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config.file",
         dest="config_file",
         default="config.yaml",
         help="YAML configuration file (default: %(default)s)",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="koodrive-exporter",
+        description="Prometheus exporter for Huawei Cloud KooDrive space usage. "
+        "Run `koodrive-exporter check --help` to test a config against KooDrive, and "
+        "`koodrive-exporter simulate --help` for the built-in KooDrive simulator.",
+    )
+    _add_config_file(parser)
     parser.add_argument(
         "--config.check",
         dest="config_check",
@@ -195,6 +204,41 @@ def _check(path: str, web_config_file: str | None) -> int:
         return 1
     print(f"config OK: {len(config.accounts)} accounts")
     return 0
+
+
+def _live_check(argv: list[str]) -> int:
+    """`check`: 0 when every live check passed, 1 for an invalid config, 2 when any failed."""
+    parser = argparse.ArgumentParser(
+        prog="koodrive-exporter check",
+        description="Load the config like --config.check, then make one live signed request "
+        "per account and collector and explain any failure.",
+    )
+    _add_config_file(parser)
+    parser.add_argument(
+        "--account", action="append", default=[], help="check only this account (repeatable)"
+    )
+    parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print each canonical request and string to sign (they hold no secret)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config_file)
+        accounts = select(config, args.account)
+    except ConfigError as exc:
+        _print_errors(exc)
+        return 1
+    except ValueError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 1
+    results = asyncio.run(run_checks(config, accounts, verbose=args.verbose))
+    if args.output == "json":
+        sys.stdout.write(render_json(results))
+    else:
+        sys.stdout.write(render_text(results, config.source))
+    return 0 if all(result.passed for result in results) else 2
 
 
 def _print_errors(exc: ConfigError, kind: str = "config error") -> None:

@@ -25,7 +25,8 @@ ALLOWED = {
     "log": set(),
     "signals": set(),
     "healthcheck": set(),
-    "cli": {"core", "upstream", "web", "sim", "log", "signals"},
+    "check": {"core", "upstream"},
+    "cli": {"core", "upstream", "web", "sim", "log", "signals", "check"},
     "__main__": {"signals", "cli"},
     "__init__": set(),
 }

@@ -179,17 +179,31 @@ async def test_failure_keeps_the_last_success_and_counts_the_reason(logs) -> Non
     source = FakeSource()
     poller, state = make_poller([account("a")], source, logs)
     good = await poller.poll_once(account("a"))
-    source.behaviour["a"] = FetchError(Reason.RATE_LIMITED, "HTTP 429")
+    source.behaviour["a"] = FetchError(
+        Reason.RATE_LIMITED, "HTTP 429", status=429, api_code="429", message="too many\nrequests"
+    )
     bad = await poller.poll_once(account("a"))
     assert not bad.ok
     assert bad.reason is Reason.RATE_LIMITED
+    assert (bad.status, bad.api_code, bad.message) == (429, "429", "too many requests")
+    assert bad.hint is not None
+    assert bad.hint.id == "rate_limited"
     assert polls(state, "a").last is bad
     assert polls(state, "a").last_success is good
     assert polls(state, "a").errors == {Reason.RATE_LIMITED: 1}
+    assert polls(state, "a").failing_since == bad.started_at
     error_line = logs.events("poll")[-1]
     assert error_line["outcome"] == "error"
     assert error_line["reason"] == "rate_limited"
     assert error_line["level"] == "warning"
+    # The same facts as `check` and the landing page: status, code, message, hint.
+    assert (error_line["http_status"], error_line["api_code"]) == (429, "429")
+    assert (error_line["message"], error_line["hint"]) == ("too many requests", "rate_limited")
+    await poller.poll_once(account("a"))
+    assert polls(state, "a").failing_since == bad.started_at  # the run goes on
+    source.behaviour.pop("a")
+    await poller.poll_once(account("a"))
+    assert polls(state, "a").failing_since is None
 
 
 @on_virtual_time

@@ -103,6 +103,11 @@ async def test_landing_page(aiohttp_client, logs) -> None:
     assert "&lt;b&gt;down&lt;/b&gt;" in page
     assert "<b>down</b>" not in page
     assert "down: auth" in page
+    # The down account first, and why: status, since when, the hint, escaped.
+    assert page.index("&lt;b&gt;down&lt;/b&gt;") < page.index("up-one")
+    assert "1 down, 1 up." in page
+    assert "failing since" in page
+    assert "KooDrive refused the token" in page
     assert (await client.get("/probe")).status == 200
     assert (await client.get("/metrics")).status == 404
 

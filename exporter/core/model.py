@@ -12,6 +12,11 @@ from enum import StrEnum
 # The collector whose polls koodrive_up, the other per-account health metrics and the poll
 # duration histogram describe: the space usage overview, as they always have.
 PRIMARY = "overview"
+# How a connection failure's detail starts when the host name did not resolve.
+DNS_FAILURE = "DNS lookup failed"
+# Longest KooDrive `msg` kept, and longest start of a refused body shown to a person.
+MESSAGE_LIMIT = 120
+BODY_HEAD_LIMIT = 80
 # Longest error detail kept: details end up in logs and on the landing page, and an
 # upstream that answers with a megabyte of HTML must not flood either.
 DETAIL_LIMIT = 200
@@ -51,11 +56,18 @@ class FetchError(Exception):
         status: int | None = None,
         api_code: str | None = None,
         retry_after: float | None = None,
+        message: str = "",
+        body_head: str = "",
     ) -> None:
         self.reason = reason
         self.detail = truncate(detail)
         self.status = status
         self.api_code = api_code
+        # KooDrive's own `msg`, and the start of a body that was not the documented JSON:
+        # for people diagnosing a failure (`check`, the landing page); both are untrusted
+        # text, truncated and cleaned of control characters.
+        self.message = truncate(message, MESSAGE_LIMIT)
+        self.body_head = truncate(body_head, BODY_HEAD_LIMIT)
         # Seconds the upstream asked us to wait (Retry-After), already converted from a date.
         self.retry_after = retry_after
         super().__init__(f"{reason}: {self.detail}")
@@ -76,6 +88,15 @@ def truncate(text: str, limit: int = DETAIL_LIMIT) -> str:
     """Shorten untrusted text for logs, replacing control characters that could forge lines."""
     cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """What a failure most likely means, for a person: `id` is short and stable (logs, JSON,
+    tests), `text` one or two plain sentences (diagnosis.py makes them)."""
+
+    id: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +150,12 @@ class Snapshot:
     clock_skew: float | None = None
     # Seconds the upstream asked to be left alone after this poll (Retry-After).
     retry_after: float | None = None
+    # What the last failed attempt said, for people: HTTP status, KooDrive code and message,
+    # and what it most likely means.
+    status: int | None = None
+    api_code: str | None = None
+    message: str = ""
+    hint: Hint | None = None
 
     @property
     def ok(self) -> bool:

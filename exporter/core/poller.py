@@ -19,6 +19,7 @@ about scheduling, a poll's duration and its wall-clock timestamp, are injected c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 import time
@@ -27,7 +28,8 @@ from typing import Protocol
 
 import structlog
 
-from .config import DEFAULT_MAX_CONCURRENCY, AccountConfig, CollectorConfig
+from .config import DEFAULT_MAX_CONCURRENCY, AccountConfig, AppAuth, CollectorConfig
+from .diagnosis import hint_for
 from .endpoints import ENDPOINTS, Endpoint
 from .model import FetchError, Reason, Snapshot
 from .state import ExporterState
@@ -276,6 +278,7 @@ class Poller:
             retries += 1
             await asyncio.sleep(delay)
 
+        clock_skew = self._source.clock_skew(account)
         snapshot = Snapshot(
             account=account.name,
             collector=endpoint.name,
@@ -287,9 +290,22 @@ class Poller:
             detail=error.detail if error else "",
             failures=tuple(failures),
             attempts=len(failures) + (0 if error else 1),
-            clock_skew=self._source.clock_skew(account),
+            clock_skew=clock_skew,
             retry_after=error.retry_after if error else None,
         )
+        if error is not None:
+            snapshot = dataclasses.replace(
+                snapshot,
+                status=error.status,
+                api_code=error.api_code,
+                message=error.message,
+                hint=hint_for(
+                    error,
+                    app_auth=isinstance(account.auth, AppAuth),
+                    clock_skew=clock_skew,
+                    x_date_margin=account.x_date_margin,
+                ),
+            )
         self._state.record(snapshot)
         for event, fields in self._source.drain_notices(account):
             self._log.warning(event, account=account.name, trace_id=trace_id, **fields)
@@ -360,5 +376,9 @@ class Poller:
                 outcome="error",
                 reason=str(snapshot.reason),
                 detail=snapshot.detail,
+                http_status=snapshot.status,
+                api_code=snapshot.api_code,
+                message=snapshot.message,
+                hint=snapshot.hint.id if snapshot.hint else None,
                 **fields,
             )

@@ -30,6 +30,9 @@ class CollectorState:
     last: Snapshot | None = None
     last_success: Snapshot | None = None
     errors: dict[Reason, int] = field(default_factory=dict)
+    # When the current run of failures began (its first failed poll started); None while
+    # the last poll succeeded.
+    failing_since: float | None = None
 
 
 @dataclass(slots=True)
@@ -127,6 +130,9 @@ class ExporterState:
         account.polled = True
         if snapshot.reason is None:
             state.last_success = snapshot
+            state.failing_since = None
+        elif state.failing_since is None:
+            state.failing_since = snapshot.started_at
         for reason in snapshot.failures:
             state.errors[reason] = state.errors.get(reason, 0) + 1
         if snapshot.collector == PRIMARY:  # the histogram has always timed the overview

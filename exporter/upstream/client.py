@@ -17,6 +17,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -25,7 +26,7 @@ from yarl import URL
 from .. import __version__
 from ..core.config import AccountConfig
 from ..core.endpoints import Endpoint, int64_field
-from ..core.model import FetchError, Reason, truncate
+from ..core.model import BODY_HEAD_LIMIT, DNS_FAILURE, FetchError, Reason, truncate
 from .clock import PLAUSIBLE_SKEW, SkewEstimator, parse_http_date, parse_retry_after
 from .credentials import CredentialStore
 from .signing import new_trace_id, request_headers
@@ -46,6 +47,18 @@ NOTICE_LIMIT = 8
 Notice = tuple[str, dict[str, object]]
 
 
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """What a request was signed over, without the secret: for `check --verbose`, which
+    shows the canonical request so a user can compare with Huawei's own tools."""
+
+    host: str
+    x_date: str
+    user_id: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+
+
 class KooDriveClient:
     """Signs and sends requests; `clock` and `rng` are injectable for deterministic tests."""
 
@@ -56,8 +69,10 @@ class KooDriveClient:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        on_signed: Callable[[SignedRequest], None] | None = None,
     ) -> None:
         self._session = session
+        self._on_signed = on_signed
         self._credentials = credentials
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - trace ids need no secrecy
@@ -168,6 +183,9 @@ class KooDriveClient:
         )
         headers["Accept"] = "application/json"
         headers["User-Agent"] = USER_AGENT
+        if self._on_signed is not None:
+            x_date = headers["X-Date"]
+            self._on_signed(SignedRequest(host, x_date, account.user_id, signed_path, query))
         if query:
             url = url.with_query(query)
         status, body, retry_after = await self._get(url, headers, account, skew, tls)
@@ -260,6 +278,8 @@ class KooDriveClient:
             raise FetchError(
                 Reason.INVALID_RESPONSE, f"malformed HTTP response: {exc.message}"
             ) from None
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise FetchError(Reason.CONNECTION, f"{DNS_FAILURE}: {_describe(exc)}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise FetchError(Reason.CONNECTION, _describe(exc)) from None
 
@@ -366,12 +386,19 @@ def _json_object(body: bytes) -> dict[str, Any]:
             parse_constant=_no_constant,
         )
     except _RefusedJSONError as exc:
-        raise FetchError(Reason.INVALID_RESPONSE, f"body is refused: {exc}") from None
+        raise _not_json(f"body is refused: {exc}", body) from None
     except (ValueError, RecursionError):
-        raise FetchError(Reason.INVALID_RESPONSE, "body is not valid JSON") from None
+        raise _not_json("body is not valid JSON", body) from None
     if not isinstance(document, dict):
-        raise FetchError(Reason.INVALID_RESPONSE, "body is not a JSON object")
+        raise _not_json("body is not a JSON object", body)
     return document
+
+
+def _not_json(detail: str, body: bytes) -> FetchError:
+    """An invalid_response carrying the body's first bytes, for a person to recognise it
+    (a proxy's error page, an HTML login form): decoded leniently, cleaned, truncated."""
+    head = body[: BODY_HEAD_LIMIT * 4].decode("utf-8", "replace")
+    return FetchError(Reason.INVALID_RESPONSE, detail, body_head=head)
 
 
 def _api_code(document: dict[str, Any]) -> str | None:
@@ -402,8 +429,9 @@ def _looks_like_auth(code: str) -> bool:
 
 def _api_error(code: str, document: dict[str, Any], *, status: int) -> FetchError:
     reason = Reason.AUTH if _looks_like_auth(code) else Reason.API_ERROR
-    detail = f"code={code} msg={_api_message(document)!r}"
-    return FetchError(reason, detail, status=status, api_code=code)
+    message = _api_message(document)
+    detail = f"code={code} msg={message!r}"
+    return FetchError(reason, detail, status=status, api_code=code, message=message)
 
 
 def _status_error(status: int, body: bytes) -> FetchError:
@@ -414,18 +442,19 @@ def _status_error(status: int, body: bytes) -> FetchError:
     else:
         reason = Reason.HTTP_ERROR
     detail = f"HTTP {status}"
-    code = None
+    code, message, head = None, "", ""
     try:
         document = _json_object(body)
-    except FetchError:
-        pass
+    except FetchError as exc:
+        head = exc.body_head
     else:
         code = _api_code(document)
+        message = _api_message(document)
         if code is not None:
-            detail += f" code={code} msg={_api_message(document)!r}"
+            detail += f" code={code} msg={message!r}"
             if _looks_like_auth(code):
                 reason = Reason.AUTH
-    return FetchError(reason, detail, status=status, api_code=code)
+    return FetchError(reason, detail, status=status, api_code=code, message=message, body_head=head)
 
 
 def target_of(endpoint: str, api_path: str) -> tuple[URL, str, str]:

@@ -7,7 +7,6 @@ and stop, in reverse order, when it stops: no task or connection outlives the ap
 from __future__ import annotations
 
 import asyncio
-import html
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,13 +17,11 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from .. import __version__
 from ..core.config import AccountConfig, Config, ConfigError, load_config
 from ..core.exposition import OPENMETRICS, TEXT, Exposition
-from ..core.model import PRIMARY, UsageBytes
 from ..core.poller import Poller, Source
 from ..core.sharding import owned
-from ..core.state import AccountState, ExporterState
+from ..core.state import ExporterState
 from ..upstream.client import USER_AGENT, KooDriveClient
 from ..upstream.credentials import CredentialStore
 from .guard import (
@@ -35,10 +32,10 @@ from .guard import (
     HttpGuard,
     listen,
 )
+from .landing import render_landing
 from .webconfig import WebConfig
 
 RESERVED_PATHS = frozenset({"/", "/-/healthy", "/-/ready", "/-/reload"})
-LANDING_ROWS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,78 +379,8 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _index(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    path = html.escape(request.app[SETTINGS].telemetry_path, quote=True)
-    now = time.time()
-    rows = [
-        _account_row(name, account, now)
-        for name, account in list(state.accounts.items())[:LANDING_ROWS]
-    ]
-    more = len(state.accounts) - LANDING_ROWS
-    if more > 0:
-        rows.append(f'<tr><td colspan="4">… and {more} more accounts (see metrics)</td></tr>')
-    page = _PAGE.format(
-        version=html.escape(__version__),
-        path=path,
-        rows="\n".join(rows),
-        count=len(state.accounts),
-    )
+    page = render_landing(request.app[STATE], request.app[SETTINGS].telemetry_path, time.time())
     return web.Response(text=page, content_type="text/html")
-
-
-def _account_row(name: str, account: AccountState, now: float) -> str:
-    poll = account.collectors.get(PRIMARY)
-    last, success = (poll.last, poll.last_success) if poll is not None else (None, None)
-    if poll is None:
-        status = '<span class="pending">no overview collector</span>'
-    elif last is None:
-        status = '<span class="pending">pending</span>'
-    elif last.ok:
-        status = '<span class="up">up</span>'
-    else:
-        status = f'<span class="down" title="{html.escape(last.detail)}">down: {last.reason}</span>'
-    usage = success.result if success is not None else None
-    if success is None or not isinstance(usage, UsageBytes):
-        return f"<tr><td>{html.escape(name)}</td><td>{status}</td><td>never</td><td></td></tr>"
-    ago = max(0.0, now - success.started_at)
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(success.started_at))
-    ratio = usage.used / usage.capacity if usage.capacity > 0 else 0.0
-    bar = (
-        f'<div class="bar"><div style="width:{min(ratio, 1.0) * 100:.1f}%"></div></div>'
-        f"{ratio * 100:.1f}% of {_human_bytes(usage.capacity)} "
-        f"({_human_bytes(usage.used)} used)"
-    )
-    return (
-        f"<tr><td>{html.escape(name)}</td><td>{status}</td>"
-        f"<td>{when} ({ago:.0f}s ago)</td><td>{bar}</td></tr>"
-    )
-
-
-def _human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{value:.0f} B"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>KooDrive Exporter</title>
-<style>
-body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}
-.up{{color:#1a7f37}} .down{{color:#cf222e}} .pending{{color:#9a6700}}
-.bar{{display:inline-block;width:8em;height:.8em;background:#eee;margin-right:.5em}}
-.bar div{{height:100%;background:#0969da}}
-</style></head><body>
-<h1>KooDrive Exporter</h1>
-<p>Version {version}. Metrics: <a href="{path}">{path}</a>.
-Values are cached from background polls of the KooDrive space usage overview.</p>
-<h2>Accounts ({count})</h2>
-<table><tr><th>Account</th><th>State</th><th>Last success</th><th>Used / capacity</th></tr>
-{rows}
-</table></body></html>
-"""
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
