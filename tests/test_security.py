@@ -232,3 +232,52 @@ async def test_container_healthcheck_speaks_tls(served: Served) -> None:
         env={**os.environ, "KOODRIVE_HEALTHCHECK_PORT": port},
     )  # fmt: skip
     assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+MUTUAL_TLS_WITH_SANS = (
+    "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+    "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+    "  client_allowed_sans: [prometheus.example]\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (("  client_allowed_sans: [prometheus.example]\n", ""), "client_allowed_sans"),
+        (("[prometheus.example]", "[prometheus.example, mallory.example]"), "widening"),
+        (("  client_ca_file: ca.crt\n", ""), "system CAs"),
+    ],
+)
+async def test_reload_may_not_loosen_client_certificate_checks(
+    tmp_path: Path, change: tuple[str, str], reason: str
+) -> None:
+    """Dropping or widening the SAN allow-list, or trading the client CA for the system
+    roots, would let new clients in while running: refused until a restart."""
+    async for served in serve_guarded(tmp_path, MUTUAL_TLS_WITH_SANS):
+        mallory = served.client_context()
+        served.ca.issue_cert("mallory.example").configure_cert(mallory)
+        with pytest.raises(aiohttp.ClientError):
+            await fetch(served, "/metrics", ssl=mallory)
+        await asyncio.sleep(0.01)  # a new mtime
+        (served.directory / "web.yml").write_text(MUTUAL_TLS_WITH_SANS.replace(*change))
+        assert not served.app[GUARD].refresh(), reason
+        with pytest.raises(aiohttp.ClientError):
+            await fetch(served, "/metrics", ssl=mallory)
+        prometheus = served.client_context()
+        served.ca.issue_cert("prometheus.example").configure_cert(prometheus)
+        assert (await fetch(served, "/metrics", ssl=prometheus))[0] == 200
+
+
+async def test_rate_limit_answers_before_basic_auth(tmp_path: Path) -> None:
+    """An empty bucket answers 429 without a bcrypt check; probes stay open for kubelet."""
+    web_yaml = TLS_AND_AUTH + "rate_limit:\n  interval: 1h\n  burst: 2\n"
+    async for served in serve_guarded(tmp_path, web_yaml):
+        guard = served.app[GUARD]
+        assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
+        assert (await fetch(served, "/metrics", headers=basic("alice", "wrong")))[0] == 401
+        calls = guard.auth.bcrypt_calls
+        status, _, body = await fetch(served, "/metrics", headers=basic("alice", "guess"))
+        assert (status, body) == (429, "Too Many Requests\n")
+        assert guard.auth.bcrypt_calls == calls
+        assert (await fetch(served, "/-/healthy"))[0] == 200

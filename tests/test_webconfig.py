@@ -85,7 +85,7 @@ REFUSALS = {
     ),
     "missing key_file": (
         "tls_server_config:\n  cert_file: server.crt\n",
-        "tls_server_config.key_file: is required",
+        "tls_server_config: missing one of key or key_file",
     ),
     "key does not match": (
         "tls_server_config:\n  cert_file: server.crt\n  key_file: other.key\n",
@@ -96,10 +96,10 @@ REFUSALS = {
         "  client_auth_type: Sometimes\n",
         "tls_server_config.client_auth_type: must be one of",
     ),
-    "verify without CA": (
+    "CA without a policy": (
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-        "  client_auth_type: RequireAndVerifyClientCert\n",
-        "tls_server_config.client_ca_file: is required",
+        "  client_ca_file: ca.crt\n",
+        "tls_server_config.client_ca_file: is set but client_auth_type is NoClientCert",
     ),
     "bad version": (
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
@@ -111,10 +111,10 @@ REFUSALS = {
         "  min_version: TLS13\n  max_version: TLS12\n",
         "tls_server_config.max_version: is lower than min_version",
     ),
-    "go cipher suites": (
+    "several curves": (
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-        "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
-        "tls_server_config.cipher_suites: not supported",
+        "  curve_preferences: [X25519, CurveP256]\n",
+        "tls_server_config.curve_preferences: several curves are not supported",
     ),
     "null min_version": (
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version:\n",
@@ -122,8 +122,9 @@ REFUSALS = {
     ),
     "unknown tls key": (
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  ciphers: x\n",
-        "tls_server_config.ciphers: unknown key (allowed: cert_file, client_auth_type, "
-        "client_ca_file, key_file, max_version, min_version, prefer_server_cipher_suites)",
+        "tls_server_config.ciphers: unknown key (allowed: cert, cert_file, cipher_suites, "
+        "client_allowed_sans, client_auth_type, client_ca, client_ca_file, curve_preferences, "
+        "key, key_file, max_version, min_version, prefer_server_cipher_suites)",
     ),
     "headers not a mapping": (
         "http_server_config:\n  headers: [X-Frame-Options]\n",
@@ -131,7 +132,7 @@ REFUSALS = {
     ),
     "header not allowed": (
         "http_server_config:\n  headers:\n    Set-Cookie: x\n",
-        "http_server_config.headers.Set-Cookie: not allowed",
+        "http_server_config.headers.Set-Cookie: can not be configured",
     ),
 }
 

@@ -21,10 +21,16 @@ moment it is accepted, so nothing a client sends (or fails to send) escapes a bo
   first 72 bytes of a password), verified credentials cached under an HMAC keyed per
   process, at most one bcrypt check in flight per client address, and every check padded
   to the cost of the slowest configured hash, unknown users included.
+- exporter-toolkit's `rate_limit`: one token bucket for the whole server (O(1) memory and
+  time per request), checked before basic auth; an empty bucket answers 429 at once.
+- `client_allowed_sans`: checked on the verified client certificate right after the
+  handshake (Python's ssl has no hook inside it); a connection without an allowed SAN is
+  closed before any request is read.
 - TLS: every handshake uses the newest context, so rotated certificates and changed TLS
   settings apply to new connections without a restart; a live change that would weaken
   security (turning TLS on or off, removing basic auth, dropping client certificate
-  verification, lowering min_version) is refused until a restart.
+  verification, trusting the system roots instead of the configured client CA, loosening
+  client_allowed_sans, lowering min_version) is refused until a restart.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -51,6 +58,8 @@ from aiohttp import web
 from ..core.config import ConfigError, Secret
 from .webconfig import (
     TLS_VERSIONS,
+    RateLimit,
+    TLSConfig,
     WebConfig,
     build_ssl_context,
     files_identity,
@@ -218,6 +227,35 @@ def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
     return (name, password) if sep else None
 
 
+class TokenBucket:
+    """golang.org/x/time/rate's Allow(), as exporter-toolkit uses it: the bucket starts full
+    with `burst` tokens and gains one every `interval` seconds, up to `burst`. With burst 0
+    every request is refused, as there. Two floats of state, whatever the traffic."""
+
+    __slots__ = ("_burst", "_clock", "_interval", "_last", "_tokens")
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = limit.interval
+        self._burst = float(limit.burst)
+        self._clock = clock
+        self._tokens = self._burst
+        self._last = clock()
+
+    def allow(self) -> bool:
+        now = self._clock()
+        elapsed = max(0.0, now - self._last)
+        self._last = now
+        self._tokens = min(self._burst, self._tokens + elapsed / self._interval)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+def _bucket(limit: RateLimit | None) -> TokenBucket | None:
+    return TokenBucket(limit) if limit is not None else None
+
+
 class HttpGuard:
     """Per-app security state: the web config, its TLS context, and every live connection."""
 
@@ -249,6 +287,8 @@ class HttpGuard:
         self._context: ssl.SSLContext | None = None
         if self.config.tls is not None:
             self._context = build_ssl_context(self.config.tls)
+        self._limiter = _bucket(self.config.rate_limit)
+        self.rate_limited = 0
         # Oldest first; a connection moves to the end whenever it finishes a request, so
         # the front holds those that have been unproductive the longest.
         self.connections: OrderedDict[GuardProtocol, None] = OrderedDict()
@@ -268,6 +308,11 @@ class HttpGuard:
         certificate and CA store, not client_auth_type or the TLS versions.)
         """
         return self._context
+
+    def allowed_sans(self) -> frozenset[str] | None:
+        """The SAN allow-list that goes with tls_context(); a connection takes both at once."""
+        tls = self.config.tls
+        return tls.client_allowed_sans if tls is not None else None
 
     def _watched_identity(self) -> tuple[object, ...]:
         if self._file is None:
@@ -300,6 +345,8 @@ class HttpGuard:
         self._context = context
         if config.users != self.config.users:
             self.auth = BasicAuth(config.users)
+        if config.rate_limit != self.config.rate_limit:
+            self._limiter = _bucket(config.rate_limit)
         self.config = config
         self._identity = self._watched_identity()
         self._log.info("web_config_reloaded", tls=self.tls, users=len(config.users))
@@ -410,7 +457,12 @@ class HttpGuard:
     async def _handle(
         self, request: web.Request, handler: Handler, *, probe: bool, scrape: bool
     ) -> web.StreamResponse:
-        if self.config.users and (self._protect_probes or not probe):
+        guarded = self._protect_probes or not probe
+        if guarded and self._limiter is not None and not self._limiter.allow():
+            # exporter-toolkit's answer, before basic auth so a flood costs no bcrypt.
+            self.rate_limited += 1
+            return web.Response(status=429, text="Too Many Requests\n")
+        if self.config.users and guarded:
             try:
                 user = await self.auth.check(request.headers.get("Authorization"), _peer(request))
             except Busy:
@@ -475,11 +527,21 @@ def _weakening(old: WebConfig, new: WebConfig) -> str:
     if old.users and not new.users:
         return "removing basic auth needs a restart; the previous users stay in force"
     if old.tls is not None and new.tls is not None:
-        verified = "RequireAndVerifyClientCert"
-        if old.tls.client_auth_type == verified and new.tls.client_auth_type != verified:
-            return "dropping client certificate verification needs a restart"
-        if TLS_VERSIONS[new.tls.min_version] < TLS_VERSIONS[old.tls.min_version]:
-            return "lowering min_version needs a restart"
+        return _tls_weakening(old.tls, new.tls)
+    return ""
+
+
+def _tls_weakening(old: TLSConfig, new: TLSConfig) -> str:
+    verified = "RequireAndVerifyClientCert"
+    if old.client_auth_type == verified and new.client_auth_type != verified:
+        return "dropping client certificate verification needs a restart"
+    if old.has_client_ca and not new.has_client_ca and new.client_auth_type != "NoClientCert":
+        return "trusting the system CAs instead of the client CA needs a restart"
+    old_sans, new_sans = old.client_allowed_sans, new.client_allowed_sans
+    if old_sans is not None and (new_sans is None or not new_sans <= old_sans):
+        return "removing or widening client_allowed_sans needs a restart"
+    if TLS_VERSIONS[new.min_version] < TLS_VERSIONS[old.min_version]:
+        return "lowering min_version needs a restart"
     return ""
 
 
@@ -519,6 +581,7 @@ class GuardProtocol(asyncio.Protocol):
         "_inner",
         "_make_inner",
         "_raw",
+        "_sans",
         "_tail",
         "address",
         "app_transport",
@@ -539,9 +602,13 @@ class GuardProtocol(asyncio.Protocol):
         # Since when this connection owes a complete head (or handshake); None when not.
         self.owed_since: float | None = None
         self.busy = 0
+        self._sans: frozenset[str] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._raw is not None:  # the TLS layer finished its handshake
+            if self._sans is not None and not san_allowed(transport, self._sans):
+                self.abort()
+                return
             self._attach(transport)
             return
         assert isinstance(transport, asyncio.Transport)
@@ -556,6 +623,7 @@ class GuardProtocol(asyncio.Protocol):
         if context is None:
             self._attach(transport)
             return
+        self._sans = self._guard.allowed_sans()
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         waiter.add_done_callback(self._handshake_done)
@@ -661,6 +729,27 @@ class GuardProtocol(asyncio.Protocol):
         self.owed_since = None
         if self._raw is not None:
             self._raw.abort()
+
+
+def san_allowed(transport: asyncio.BaseTransport, allowed: frozenset[str]) -> bool:
+    """Whether the verified client certificate names one of `allowed` among its SANs.
+
+    exporter-toolkit compares DNS names, e-mail addresses, IP addresses (Go's text form,
+    which ipaddress gives too) and URIs as exact strings. A connection without a verified
+    certificate has nothing to compare and fails, as it does there.
+    """
+    ssl_object = transport.get_extra_info("ssl_object")
+    certificate = ssl_object.getpeercert() if ssl_object is not None else None
+    for kind, value in (certificate or {}).get("subjectAltName", ()):
+        if kind == "IP Address":
+            with contextlib.suppress(ValueError):
+                value = str(ipaddress.ip_address(value.strip()))
+        if kind in _SAN_KINDS and value in allowed:
+            return True
+    return False
+
+
+_SAN_KINDS = frozenset(("DNS", "email", "IP Address", "URI"))
 
 
 class _LeanTLS(sslproto.SSLProtocol):  # type: ignore[misc]
