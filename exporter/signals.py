@@ -9,12 +9,22 @@ while it runs, they set its stop event and SIGHUP asks for a reload. Once shutdo
 begun they are ignored outright (SIG_IGN): Python resets its own handlers to SIG_DFL while
 the interpreter finalizes, so a second SIGTERM during the last milliseconds would still
 kill the process by signal if it were merely recorded.
+
+An early stop ends the process with `os._exit`, not by raising SystemExit: an exception
+raised by a signal handler appears wherever the main thread happens to be, and inside a
+finalizer or a weakref callback (the garbage collector runs them at any time during the
+imports) it is printed and swallowed, which left a process that had already ignored further
+stop signals running on. Nothing needs cleaning up that early; the output written so far is
+flushed first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import sys
 from collections.abc import Callable
 from types import FrameType
 
@@ -53,9 +63,9 @@ class Signals:
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         self.ignore_from_now()
         if not self.serving:
-            raise SystemExit(128 + signum)
+            _exit_now(128 + signum)
         if self._loop is None or self._stop is None or self._loop.is_closed():
-            raise SystemExit(0)  # start-up: nothing to stop gracefully yet
+            _exit_now(0)  # start-up: nothing to stop gracefully yet
         self._loop.call_soon_threadsafe(self._stop.set)
 
     def _on_reload(self, _signum: int, _frame: FrameType | None) -> None:
@@ -63,3 +73,10 @@ class Signals:
         if self.stopping or loop is None or reload is None or loop.is_closed():
             return  # a reload before the config is loaded, or after, has nothing to do
         loop.call_soon_threadsafe(reload)
+
+
+def _exit_now(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a write in progress makes flush reentrant
+            stream.flush()
+    os._exit(status)

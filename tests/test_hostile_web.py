@@ -361,7 +361,15 @@ async def test_sigterm_right_after_start_exits_cleanly(tmp_path: Path, delay: fl
     try:
         await asyncio.sleep(delay)
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+        try:
+            status = await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            assert process.stderr is not None
+            pytest.fail(
+                "still running 10 s after SIGTERM:\n" + (await process.stderr.read()).decode()
+            )
+        assert status == 0
     finally:
         await reap(process)
 
