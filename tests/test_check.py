@@ -98,7 +98,7 @@ async def test_details_of_a_failure_are_reported(sim, tmp_path: Path) -> None:
         "space missing or abnormal state",
     )
     assert acme.reason == "api_error"
-    assert (beta.reason, beta.status) == ("invalid_response", None)
+    assert (beta.reason, beta.status) == ("invalid_response", 200)
     assert beta.body_head.startswith('{"code":0,"msg":"success","data":{"totalAlloca')
     assert acme.endpoint_host == url.removeprefix("http://")
     assert (acme.auth, beta.auth) == ("app", "token")

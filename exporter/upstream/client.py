@@ -306,10 +306,14 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
 
 def _success(body: bytes) -> dict[str, Any]:
     """A 200 body, as a JSON object: success only when `code` is 0."""
-    document = _json_object(body)
+    try:
+        document = _json_object(body)
+    except FetchError as exc:
+        exc.status = 200  # the answer came, and said 200; its body did not hold
+        raise
     code = _api_code(document)
     if code is None:
-        raise FetchError(Reason.INVALID_RESPONSE, "body has no `code`")
+        raise FetchError(Reason.INVALID_RESPONSE, "body has no `code`", status=200)
     if code != "0":
         raise _api_error(code, document, status=200)
     return document
@@ -317,7 +321,7 @@ def _success(body: bytes) -> dict[str, Any]:
 
 def _refused(detail: str) -> FetchError:
     """A success answer (`code` 0) whose paging cannot be trusted."""
-    return FetchError(Reason.INVALID_RESPONSE, detail, api_code="0")
+    return FetchError(Reason.INVALID_RESPONSE, detail, status=200, api_code="0")
 
 
 def _parsed_total(document: dict[str, Any], endpoint: Endpoint) -> int:
@@ -341,6 +345,7 @@ def _parsed(endpoint: Endpoint, data: object, kilobyte: int) -> object:
         return endpoint.parse(data, kilobyte)
     except FetchError as exc:
         exc.api_code = exc.api_code or "0"
+        exc.status = 200
         raise
 
 
