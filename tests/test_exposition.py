@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import os
 import platform
+import random
 import re
 import subprocess
+import time as clock
 from pathlib import Path
 
 import pytest
@@ -505,3 +508,46 @@ def test_an_overview_only_config_shows_every_family_it_always_had_and_no_other_c
     others = {"subscription", "quota_tiers"}
     assert names == {m.family for m in METRICS if m.source not in others}
     assert not any(name.startswith(("koodrive_subscription", "koodrive_quota")) for name in names)
+
+
+async def test_a_scrape_of_2000_accounts_with_polls_landing_does_not_stall_the_loop() -> None:
+    """The rendering of landed polls happens as they land, the chunks are re-joined a chunk
+    at a time and the gzip is made in a worker thread: while a scrape is built the loop
+    keeps running. A scrape built in one piece on the loop stalls it for about as long as
+    the scrape takes; the bound is that ratio (and an absolute, generous one), so a slow CI
+    machine does not make it fail."""
+    names = [f"tenant-{i:05d}" for i in range(2000)]
+    state = ExporterState(accounts(*names))
+    exposition = Exposition(state, process_metrics=False)
+    rng = random.Random(7)
+
+    def land(some: list[str]) -> None:
+        for name in some:
+            usage = UsageBytes(rng.randrange(10**9), 10**12, rng.randrange(10**11))
+            state.record(Snapshot(name, "overview", clock.time(), 0.05, "t", result=usage))
+
+    land(names)
+    await exposition.render_async(TEXT, gzipped=True)
+    for _ in range(3):
+        land(rng.sample(names, 500))  # a quarter landed since the last scrape
+        done = asyncio.Event()
+        task = asyncio.create_task(longest_stall(done))
+        await asyncio.sleep(0)
+        started = clock.perf_counter()
+        body = await exposition.render_async(TEXT, gzipped=True)
+        took = clock.perf_counter() - started
+        done.set()
+        stall = await task
+        assert gzip.decompress(body) == exposition.render(TEXT)
+        assert stall < 0.05, stall
+        assert stall < took / 2, (stall, took)
+
+
+async def longest_stall(done: asyncio.Event) -> float:
+    """The longest the loop took to come back to this task, until `done` is set."""
+    longest = 0.0
+    while not done.is_set():
+        started = clock.perf_counter()
+        await asyncio.sleep(0)
+        longest = max(longest, clock.perf_counter() - started)
+    return longest

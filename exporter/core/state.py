@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -94,9 +94,9 @@ class ExporterState:
         self.poll_duration = DurationHistogram()
         self.reload = ReloadStatus(last_success=loaded_at)
         self._ever_ready = False
-        # For the exposition cache: accounts recorded since it last looked, a counter bumped
-        # when the account list changes, and one bumped on any change at all.
-        self.changed: set[str] = set()
+        # For the exposition cache: who to tell when an account's poll lands, a counter
+        # bumped when the account list changes, and one bumped on any change at all.
+        self._listeners: list[Callable[[str], None]] = []
         self.layout = 0
         self.version = 0
         self.set_accounts(accounts)
@@ -137,8 +137,14 @@ class ExporterState:
             state.errors[reason] = state.errors.get(reason, 0) + 1
         if snapshot.collector == PRIMARY:  # the histogram has always timed the overview
             self.poll_duration.observe(snapshot.duration)
-        self.changed.add(snapshot.account)
         self.version += 1
+        for listener in self._listeners:
+            listener(snapshot.account)
+
+    def listen(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(account name)` whenever a poll of the account lands: the exposition
+        renders its lines then, a few microseconds at a time, not all at the next scrape."""
+        self._listeners.append(listener)
 
     def reloaded(self, successful: bool, at: float) -> None:
         self.reload.successful = successful

@@ -263,7 +263,7 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     accept = ",".join(request.headers.getall("Accept", ()))
     fmt = OPENMETRICS if wants_openmetrics(accept) else TEXT
     gzipped = accepts_gzip(",".join(request.headers.getall("Accept-Encoding", ())))
-    body = request.app[EXPOSITION].render(fmt, gzipped=gzipped)
+    body = await request.app[EXPOSITION].render_async(fmt, gzipped=gzipped)
     response = web.StreamResponse(headers=_HEADERS[fmt.openmetrics, gzipped])
     return await request.app[GUARD].send_body(request, response, body)
 
