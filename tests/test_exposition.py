@@ -551,3 +551,18 @@ async def longest_stall(done: asyncio.Event) -> float:
         await asyncio.sleep(0)
         longest = max(longest, clock.perf_counter() - started)
     return longest
+
+
+def test_a_recent_body_is_served_while_polls_land_but_not_after_a_reload() -> None:
+    state = ExporterState(accounts("a"))
+    clock = Clock(1000.0)
+    exposition = Exposition(state, clock=clock, process_metrics=False, rebuild_after=0.25)
+    state.record(ok("a", at=1000.0, used=5))
+    assert b'koodrive_space_used_bytes{account="a"} 5\n' in exposition.render()
+    state.record(ok("a", at=1000.1, used=6))
+    clock.now = 1000.2  # younger than 0.25 s: served as built
+    assert b'koodrive_space_used_bytes{account="a"} 5\n' in exposition.render()
+    clock.now = 1000.3
+    assert b'koodrive_space_used_bytes{account="a"} 6\n' in exposition.render()
+    state.reloaded(False, at=1000.3)  # not a poll: shows at once
+    assert b"koodrive_exporter_config_last_reload_successful 0\n" in exposition.render()

@@ -39,6 +39,8 @@ from .model import PRIMARY
 from .state import AccountState, DurationHistogram, ExporterState
 
 CHUNK = 256
+# How old a served body may be while polls land (see Exposition's rebuild_after).
+REBUILD_AFTER = 0.25
 PROCESS_TTL = 1.0
 GZIP_LEVEL = 6
 EOF = b"# EOF\n"
@@ -167,6 +169,8 @@ class _Body:
     __slots__ = (
         "account_headers",
         "body",
+        "built_at",
+        "built_of",
         "compressing",
         "format",
         "generation",
@@ -184,6 +188,9 @@ class _Body:
         self.account_headers = [header(m, fmt.openmetrics).encode() for m in ACCOUNT_METRICS]
         self.global_headers = tuple(header(m, fmt.openmetrics) for m in GLOBAL_METRICS)
         self.body = b""
+        # When the body was built, and the state's generation it was built from.
+        self.built_at = -math.inf
+        self.built_of = -1
         # The gzip of `gzipped_of`, good while that is still `body`; and a compression in a
         # worker thread, with the body it compresses.
         self.gzipped: bytes | None = None
@@ -207,8 +214,14 @@ class Exposition:
         *,
         clock: Callable[[], float] = time.time,
         process_metrics: bool = True,
+        rebuild_after: float = 0.0,
     ) -> None:
+        """`rebuild_after`: a body younger than this is served as it is, even if polls have
+        landed since. With hundreds of polls landing a second, rebuilding for every scrape
+        would rebuild for nearly every request; a quarter of a second of lag is nothing to a
+        scraper that comes every 15 s, and bounds the rebuilds to a few a second."""
         self._state = state
+        self._rebuild_after = rebuild_after
         self._clock = clock
         self._process = CollectorRegistry(auto_describe=False)
         if process_metrics:
@@ -247,7 +260,8 @@ class Exposition:
     async def render_async(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
         """render(), with a large body's gzip made in a worker thread. Concurrent scrapes of
         one body share one compression; a body that changed meanwhile is compressed anew."""
-        await self._render_dirty()
+        if not self._young(self._bodies[fmt.openmetrics], self._clock()):
+            await self._render_dirty()
         body = self.render(fmt)
         if not gzipped or len(body) < THREAD_GZIP_BYTES:
             return self.render(fmt, gzipped=gzipped)
@@ -281,13 +295,20 @@ class Exposition:
     def render(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
         now = self._clock()
         cache = self._bodies[fmt.openmetrics]
-        if now >= cache.until or cache.version != self._state.version:
+        outdated = now >= cache.until or cache.version != self._state.version
+        if outdated and not self._young(cache, now):
             self._catch_up(cache, now)
+            cache.built_at, cache.built_of = now, self._state.generation
         if not gzipped:
             return cache.body
         if cache.gzipped is None or cache.gzipped_of is not cache.body:
             cache.gzipped, cache.gzipped_of = _compress(cache.body), cache.body
         return cache.gzipped
+
+    def _young(self, cache: _Body, now: float) -> bool:
+        """Recent enough to serve although polls have landed since (not after a reload)."""
+        fresh = now - cache.built_at < self._rebuild_after
+        return fresh and cache.built_of == self._state.generation
 
     def _catch_up(self, cache: _Body, now: float) -> None:
         state = self._state

@@ -97,6 +97,9 @@ class ExporterState:
         # For the exposition cache: who to tell when an account's poll lands, a counter
         # bumped when the account list changes, and one bumped on any change at all.
         self._listeners: list[Callable[[str], None]] = []
+        # Bumped by anything but a landing poll (a reload, a new account list): such a change
+        # shows at the very next scrape, however recently the body was built.
+        self.generation = 0
         self.layout = 0
         self.version = 0
         self.set_accounts(accounts)
@@ -118,6 +121,7 @@ class ExporterState:
             fresh[account.name] = AccountState(account, collectors, polled)
         self.accounts = fresh
         self.layout += 1
+        self.generation += 1
         self.version += 1
 
     def record(self, snapshot: Snapshot) -> None:
@@ -150,6 +154,7 @@ class ExporterState:
         self.reload.successful = successful
         if successful:
             self.reload.last_success = at
+        self.generation += 1
         self.version += 1
 
     @property

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from ..core.config import AccountConfig, Config, ConfigError, load_config
-from ..core.exposition import OPENMETRICS, TEXT, Exposition
+from ..core.exposition import OPENMETRICS, REBUILD_AFTER, TEXT, Exposition
 from ..core.poller import Poller, Source
 from ..core.sharding import owned
 from ..core.state import ExporterState
@@ -94,7 +94,7 @@ def create_app(
     settings = settings or Settings()
     check_telemetry_path(settings.telemetry_path)
     state = ExporterState(_mine(config, settings), loaded_at=time.time())
-    exposition = Exposition(state)
+    exposition = Exposition(state, rebuild_after=REBUILD_AFTER)
 
     guard = HttpGuard(
         settings.web_config,
