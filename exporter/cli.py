@@ -256,6 +256,7 @@ def _settings(args: argparse.Namespace, web_config: WebConfig | None) -> Setting
         protect_probes=args.protect_probes,
         shard_count=args.shard_count,
         shard_index=args.shard_index,
+        freeze_gc=True,
     )
 
 

@@ -7,6 +7,7 @@ and stop, in reverse order, when it stops: no task or connection outlives the ap
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -66,6 +67,9 @@ class Settings:
     shard_index: int = 0
     # Tests swap the real client for a fake; None means the real KooDrive client.
     source_factory: Callable[[aiohttp.ClientSession], Source] | None = None
+    # Freeze the garbage collector's view of what exists once every account has polled
+    # (the command line does; a test process, which builds many apps, does not).
+    freeze_gc: bool = False
 
 
 @dataclass(slots=True)
@@ -197,6 +201,18 @@ def _report(task: asyncio.Task[object], log: structlog.typing.FilteringBoundLogg
         log.error("reload_failed", errors=[_unexpected(task.exception())])  # type: ignore[arg-type]
 
 
+async def _freeze_when_ready(state: ExporterState) -> None:
+    """Once every account has polled, move what exists (modules, config, the loop's
+    machinery, the accounts' state) out of the garbage collector's view: a full collection
+    otherwise walks all of it, about 200 ms with 10,000 accounts, with the loop stopped.
+    What lives that long lives for good; acyclic garbage is still freed by reference
+    counting, and new objects are collected as before."""
+    while not state.ready:  # noqa: ASYNC110 - a property of the state, not an event
+        await asyncio.sleep(1.0)
+    gc.collect()
+    gc.freeze()
+
+
 def check_telemetry_path(path: str) -> None:
     if not path.startswith("/") or path in RESERVED_PATHS or any(c.isspace() for c in path):
         raise ValueError(
@@ -229,6 +245,9 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
     runtime.poller = poller
     runtime.background.add(asyncio.create_task(app[GUARD].watch(), name="web-config-watch"))
     runtime.background.add(asyncio.create_task(app[GUARD].sweep(), name="slow-client-sweep"))
+    if settings.freeze_gc:
+        freeze = _freeze_when_ready(app[STATE])
+        runtime.background.add(asyncio.create_task(freeze, name="gc-freeze"))
     _warn_insecure(runtime.config, app[LOG])
     try:
         yield
