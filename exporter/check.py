@@ -30,6 +30,7 @@ from .core.config import AccountConfig, AppAuth, Config
 from .core.diagnosis import clock_hint, hint_for
 from .core.endpoints import ENDPOINTS
 from .core.model import FetchError, Hint, Reason
+from .core.poller import TIMEOUT_GRACE
 from .upstream.client import USER_AGENT, KooDriveClient, SignedRequest
 from .upstream.credentials import CredentialStore
 from .upstream.signing import AppCredentials, TokenCredentials, canonical_request, string_to_sign
@@ -39,8 +40,6 @@ CORRECTED = "ok_after_clock_correction"
 FAILED = "failed"
 # A signature, with or without its header name, is never printed.
 _SIGNATURE = re.compile(r"(?i)signature=\S+|\b[0-9a-f]{64}\b")
-# Outer bound of one check beyond the account's timeout (pages, a credential file read).
-GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +168,7 @@ async def _attempt(
 ) -> tuple[FetchError | None, float]:
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(account.timeout + GRACE):
+        async with asyncio.timeout(account.timeout + TIMEOUT_GRACE):
             await client.fetch(account, ENDPOINTS[collector], client.new_trace_id())
     except FetchError as exc:
         return exc, time.perf_counter() - started

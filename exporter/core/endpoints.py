@@ -92,38 +92,32 @@ def _overview(data: object, kilobyte: int) -> UsageBytes:
     return parse_usage(data).in_bytes(kilobyte)
 
 
+def _gauge(name: str, text: str, value: Callable[[Any], object], *labels: str) -> Metric:
+    """A gauge of an endpoint: labelled by account (and `labels`), stale with its data."""
+    unit = "bytes" if name.endswith("_bytes") else ""
+    return Metric(name, "gauge", text, value, ("account", *labels), unit=unit, stale=True)
+
+
 OVERVIEW = Endpoint(
     name="overview",
     path="/koodrive/ose/v1/space/usage/overview",
     parse=_overview,
     metrics=(
-        Metric(
+        _gauge(
             "koodrive_space_capacity_bytes",
-            "gauge",
             f"Total space quota (totalCapacity) in bytes. {CACHED}; {STALE}.",
             lambda usage: usage.capacity,
-            labels=("account",),
-            unit="bytes",
-            stale=True,
         ),
-        Metric(
+        _gauge(
             "koodrive_space_used_bytes",
-            "gauge",
             f"Total space used (totalUsed) in bytes; may exceed capacity. {CACHED}; {STALE}.",
             lambda usage: usage.used,
-            labels=("account",),
-            unit="bytes",
-            stale=True,
         ),
-        Metric(
+        _gauge(
             "koodrive_space_allocated_bytes",
-            "gauge",
             "Total space allocated to users and departments (totalAllocation) in bytes. "
             f"{CACHED}; {STALE}.",
             lambda usage: usage.allocated,
-            labels=("account",),
-            unit="bytes",
-            stale=True,
         ),
     ),
 )
@@ -208,12 +202,6 @@ def _quota_tiers(items: list[object], kilobyte: int) -> QuotaTiers:
         usage = parse_usage(item, where=f"{where}.").in_bytes(kilobyte)
         allocated[tier], capacity[tier], used[tier] = usage.allocated, usage.capacity, usage.used
     return QuotaTiers(allocated, capacity, used)
-
-
-def _gauge(name: str, text: str, value: Callable[[Any], object], *labels: str) -> Metric:
-    """A gauge of an endpoint: labelled by account (and `labels`), stale with its data."""
-    unit = "bytes" if name.endswith("_bytes") else ""
-    return Metric(name, "gauge", text, value, ("account", *labels), unit=unit, stale=True)
 
 
 SUBSCRIPTION = Endpoint(
