@@ -210,9 +210,16 @@ async def test_head_size_is_capped(tmp_path: Path) -> None:
 
 
 async def test_scrape_slot_is_held_until_the_body_is_written(tmp_path: Path) -> None:
-    """Real non-reading clients fill --web.max-requests; the next scrape gets 503."""
+    """Real non-reading clients fill --web.max-requests; the next scrape gets 503.
+
+    The first gets the body in one write; once what stalled clients hold would pass the
+    write budget, the others get it in pieces, so together they hold about the budget plus
+    a piece each, not a body each.
+    """
     big = b"#" * (8 << 20)
-    async with serving(tmp_path, "", max_requests=5, write_timeout=1.0) as served:
+    budget = 12 << 20
+    settings = {"max_requests": 5, "write_timeout": 1.0, "write_budget": budget}
+    async with serving(tmp_path, "", **settings) as served:
         served.app[EXPOSITION].render = lambda *_, gzipped=False: big  # type: ignore[method-assign]
         guard = served.app[GUARD]
         stalled = []
@@ -223,18 +230,67 @@ async def test_scrape_slot_is_held_until_the_body_is_written(tmp_path: Path) -> 
         await wait_for(lambda: guard._scrapes == 5, 3)
         status, _, body = await fetch(served, "/metrics")
         assert (status, body) == (503, "too many concurrent scrapes\n")
-        # Nobody holds a copy of the body: each stalled transport buffers about one piece.
-        for connection in guard.connections:
-            if connection.busy:
-                assert connection.app_transport.get_write_buffer_size() < 512 * 1024
-        # The write deadline closes the stalled clients and frees their slots.
+        held = sorted(
+            connection.app_transport.get_write_buffer_size()
+            for connection in guard.connections
+            if connection.busy
+        )
+        assert len(held) == 5
+        assert held[-1] > 2 << 20  # one write: the kernel took a part, the transport the rest
+        assert held[-2] < 512 * 1024  # then pieces
+        assert sum(held) <= budget + 5 * 512 * 1024
+        assert guard.held <= budget
+        # The stall deadline closes the stalled clients and frees their slots and budget.
         await wait_for(lambda: guard._scrapes == 0, 4)
+        assert (guard.held, guard.paused) == (0, set())
         for reader, writer in stalled:
             received = await closed_within(reader, 2)
             assert len(received) < len(big)
             writer.close()
         status, _, body = await fetch(served, "/metrics", headers=IDENTITY)
         assert (status, len(body)) == (200, len(big))
+
+
+@pytest.mark.parametrize("budget", [64 << 20, 0], ids=["one write", "pieces"])
+async def test_a_slow_reader_that_keeps_reading_gets_the_whole_body(
+    tmp_path: Path, budget: int
+) -> None:
+    """The stall deadline is for a client that reads nothing, not for one that is slow.
+
+    About 4 MiB read 128 KiB at a time over ~2.5 s, five times the write_timeout; each
+    read makes room in the transport, which is what counts as progress.
+    """
+    big = bytes(range(256)) * (4 << 12)
+    async with serving(tmp_path, "", write_timeout=0.5, write_budget=budget) as served:
+        served.app[EXPOSITION].render = lambda *_, gzipped=False: big  # type: ignore[method-assign]
+        reader, writer = await open_raw(served, rcvbuf=4096)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+        started = time.monotonic()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"Content-Length: %d" % len(big) in head
+        received = bytearray()
+        while len(received) < len(big):
+            received += await reader.readexactly(min(128 * 1024, len(big) - len(received)))
+            await asyncio.sleep(0.08)
+        assert bytes(received) == big
+        assert time.monotonic() - started > 4 * 0.5
+        writer.close()
+
+
+async def test_head_of_a_large_body_sends_headers_only(tmp_path: Path) -> None:
+    big = b"#" * (1 << 20)
+    async with serving(tmp_path, "") as served:
+        served.app[EXPOSITION].render = lambda *_, gzipped=False: big  # type: ignore[method-assign]
+        reader, writer = await open_raw(served)
+        writer.write(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
+        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = await closed_within(reader, 3)
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"Content-Length: 1048576" in head
+        assert rest.startswith(b"HTTP/1.1 200 ")  # the next response, no body in between
+        writer.close()
 
 
 # --- basic auth -------------------------------------------------------------------------

@@ -14,9 +14,11 @@ moment it is accepted, so nothing a client sends (or fails to send) escapes a bo
   every later head on the connection (from its first byte); a head is also capped in size.
   Heads are found by scanning the bytes for the blank line, so stray blank lines, pipelined
   partial heads or a head split over many reads cannot sidestep the deadline.
-- Scrape bodies are written by `send_body` in bounded pieces from the shared immutable body,
-  with back-pressure and a stall deadline, and a scrape holds its concurrency slot until
-  its body is written or its connection is gone.
+- Scrape bodies are written by `send_body` in one write while the clients that are not
+  keeping up hold less than a write budget in all, past it in bounded pieces of the shared
+  immutable body with back-pressure. One sweep closes a connection whose client read
+  nothing for `write_timeout` or that is past its body's deadline, and a scrape holds its
+  concurrency slot until its body is written or its connection is gone.
 - Basic auth against bcrypt hashes, with the exporter-toolkit verdict (bcrypt reads the
   first 72 bytes of a password), verified credentials cached under an HMAC keyed per
   process, at most one bcrypt check in flight per client address, and every check padded
@@ -74,17 +76,24 @@ MAX_CONNECTIONS = 1000
 # basic auth. aiohttp caps single lines at 8 KiB and the count at 100, which alone would
 # let one connection park ~800 KiB of partial head.
 MAX_HEAD_BYTES = 32 * 1024
-# Bodies go out in pieces of this size: a client that does not read pins at most about
-# this plus the transport's high-water mark, never a copy of the whole body.
+# A body over this size goes out in pieces of it when the write budget (below) is spent: a
+# client that does not read then pins at most about a piece plus the transport's high-water
+# mark, never a copy of the whole body.
 BODY_PIECE = 64 * 1024
-# A body up to this size goes out in one write, headers included: the kernel's socket buffer
-# on a healthy connection takes it whole (a gzip body of ~1,700 accounts), and a client that
-# does not read pins no more than two pieces would. Piecewise writes cost a scrape of such a
-# body about 40 % of its throughput (bench/live.py, 1,000 accounts, gzip).
+# A body up to this size always goes out in one write, headers included: the kernel's socket
+# buffer on a healthy connection takes it whole (a gzip body of ~1,700 accounts), and a client
+# that does not read pins no more than two pieces would.
 SINGLE_WRITE = 2 * BODY_PIECE
-# Beyond each piece's stall deadline, a whole body must go out at this average rate (after
-# the first write_timeout), so a client that reads a trickle cannot hold a scrape slot for
-# long: 5.7 MB (10,000 accounts, uncompressed) may take 10 s + 89 s at most.
+# What the transports of connections whose client is not keeping up (paused writers) may hold
+# in all. A larger body goes out in one write, as fast as a body can (piecewise writes cost a
+# 0.6 MB body half of its throughput, bench/suite.py), while the paused connections hold less
+# than this; past it, in pieces. Prometheus drains a body within milliseconds, so only
+# stalled or very slow clients count against it: a flood of them costs this plus a piece
+# each, not a body each.
+WRITE_BUDGET = 32 * 1024 * 1024
+# Beyond the stall deadline, a whole body must go out at this average rate (after the first
+# write_timeout), so a client that reads a trickle cannot hold a scrape slot for long: 5.7 MB
+# (10,000 accounts, uncompressed) may take 10 s + 89 s at most.
 MIN_SEND_RATE = 64 * 1024
 LISTEN_BACKLOG = 1024
 # How far back the eviction looks for a victim before it gives up and refuses the newcomer:
@@ -276,6 +285,7 @@ class HttpGuard:
         read_header_timeout: float = READ_HEADER_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         max_head_bytes: int = MAX_HEAD_BYTES,
+        write_budget: int = WRITE_BUDGET,
     ) -> None:
         self.config = web_config or WebConfig()
         self._file = web_config_file
@@ -286,6 +296,7 @@ class HttpGuard:
         self.read_header_timeout = read_header_timeout
         self.write_timeout = write_timeout
         self.max_head_bytes = max_head_bytes
+        self.write_budget = write_budget
         self.auth = BasicAuth(self.config.users)
         self._scrapes = 0
         self._identity = self._watched_identity()
@@ -301,6 +312,10 @@ class HttpGuard:
         self._per_address: dict[str, int] = {}
         self.refused = 0
         self.evicted = 0
+        # Connections whose transport paused our writes (the client is not keeping up), and
+        # what their buffers held when they paused: the write budget's account.
+        self.paused: set[GuardProtocol] = set()
+        self.held = 0
 
     @property
     def tls(self) -> bool:
@@ -368,15 +383,18 @@ class HttpGuard:
                 self._log.error("web_config_reload_failed", errors=[type(exc).__name__])
 
     async def sweep(self) -> None:
-        """Close connections whose handshake or request head is overdue.
+        """Close connections whose handshake, request head or response body is overdue.
 
-        One pass over the connections now and then, instead of a timer per request, keeps
-        the scrape path cheap; a connection is closed at most one period late.
+        One pass over the connections now and then, instead of a timer per request or per
+        body piece, keeps the scrape path cheap; a connection is closed at most one period
+        late.
         """
-        period = min(1.0, self.read_header_timeout / 4)
+        period = min(1.0, self.read_header_timeout / 4, self.write_timeout / 4)
         while True:
             await asyncio.sleep(period)
-            self.close_overdue(time.monotonic())
+            now = time.monotonic()
+            self.close_overdue(now)
+            self.close_stalled(now)
 
     def close_overdue(self, now: float) -> None:
         deadline = now - self.read_header_timeout
@@ -386,6 +404,35 @@ class HttpGuard:
             # owes is checked again once it is done.
             if since is not None and since < deadline and not connection.busy:
                 connection.abort()
+
+    def close_stalled(self, now: float) -> None:
+        """Abort a paused writer whose client read nothing for write_timeout, or that is
+        past its body's deadline (a trickle that does read).
+
+        Progress is the transport's buffer shrinking: only the client reading makes room.
+        """
+        for connection in list(self.paused):
+            transport = connection.app_transport
+            buffered = transport.get_write_buffer_size() if transport is not None else 0
+            if buffered < connection.buffered:
+                connection.buffered, connection.stalled_since = buffered, now
+            overdue = connection.body_deadline is not None and now > connection.body_deadline
+            if overdue or now - connection.stalled_since >= self.write_timeout:
+                connection.abort()
+
+    def paused_writing(self, connection: GuardProtocol) -> None:
+        transport = connection.app_transport
+        held = transport.get_write_buffer_size() if transport is not None else 0
+        connection.held = connection.buffered = held
+        connection.stalled_since = time.monotonic()
+        self.held += held
+        self.paused.add(connection)
+
+    def resumed_writing(self, connection: GuardProtocol) -> None:
+        if connection in self.paused:
+            self.paused.discard(connection)
+            self.held -= connection.held
+            connection.held = 0
 
     def admit(self, connection: GuardProtocol) -> bool:
         """Register a new connection; at the cap, evict an unproductive one or refuse."""
@@ -421,6 +468,7 @@ class HttpGuard:
 
     def forget(self, connection: GuardProtocol) -> None:
         """Unregister a connection; safe to call more than once."""
+        self.resumed_writing(connection)
         self._by_transport.pop(connection.app_transport, None)
         if connection not in self.connections:
             return
@@ -493,35 +541,42 @@ class HttpGuard:
             self._scrapes -= 1
 
     async def send_body(
-        self, request: web.Request, response: web.StreamResponse, body: bytes
+        self, request: web.Request, headers: Mapping[str, str], body: bytes
     ) -> web.StreamResponse:
-        """Write `body` in pieces with back-pressure; abort a client that stalls.
+        """Write `body` in one write while the write budget allows, else in pieces.
 
-        The pieces are views of the one shared body, so a hundred slow scrapers cost a
-        hundred small transport buffers, not a hundred copies of a megabyte body. A body of
-        at most SINGLE_WRITE goes out as one plain response, headers and body in one write:
-        a stalled client then holds about what two pieces would, and small scrapes (most of
-        them) skip the piecewise machinery, a third of their cost.
+        One write is what a body costs at least (headers and body in one send); a client
+        that does not read then holds the rest of it in its transport, which the budget
+        bounds across clients. Pieces are views of the one shared body with back-pressure,
+        so past the budget a hundred slow scrapers cost a hundred small transport buffers,
+        not a hundred copies of a megabyte body. The sweep (close_stalled) aborts a client
+        that stops reading, so no piece needs a timer of its own.
         """
-        if len(body) <= SINGLE_WRITE:
-            return web.Response(body=body, status=response.status, headers=response.headers)
-        response.content_length = len(body)
-        view = memoryview(body)
+        size = len(body)
+        if size <= SINGLE_WRITE:
+            return web.Response(body=body, headers=headers)
+        connection = self._by_transport.get(request.transport)
+        if connection is not None:
+            connection.body_deadline = time.monotonic() + self.write_timeout + size / MIN_SEND_RATE
         try:
+            if self.held + size <= self.write_budget:
+                response: web.StreamResponse = web.Response(body=body, headers=headers)
+                await response.prepare(request)
+                await response.write_eof()
+                return response
+            response = web.StreamResponse(headers=headers)
+            response.content_length = size
             await response.prepare(request)
-            async with asyncio.timeout(self.write_timeout + len(body) / MIN_SEND_RATE):
-                for start in range(0, len(view) if request.method != "HEAD" else 0, BODY_PIECE):
-                    async with asyncio.timeout(self.write_timeout):
+            if request.method != "HEAD":
+                with memoryview(body) as view:
+                    for start in range(0, size, BODY_PIECE):
                         await response.write(view[start : start + BODY_PIECE])
             await response.write_eof()
-        except TimeoutError:
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
         except ConnectionError:
-            pass  # the client left; aiohttp notices the closed transport and moves on
+            pass  # the client left or the sweep aborted it; aiohttp notices and moves on
         finally:
-            view.release()
+            if connection is not None:
+                connection.body_deadline = None
         return response
 
     async def add_headers(self, _: web.Request, response: web.StreamResponse) -> None:
@@ -595,8 +650,12 @@ class GuardProtocol(asyncio.Protocol):
         "_tail",
         "address",
         "app_transport",
+        "body_deadline",
+        "buffered",
         "busy",
+        "held",
         "owed_since",
+        "stalled_since",
     )
 
     def __init__(self, make_inner: Callable[[], asyncio.Protocol], guard: HttpGuard) -> None:
@@ -613,6 +672,13 @@ class GuardProtocol(asyncio.Protocol):
         self.owed_since: float | None = None
         self.busy = 0
         self._sans: frozenset[str] | None = None
+        # Write-side watch (HttpGuard.close_stalled): what the transport held when it paused
+        # (counted against the write budget), its smallest size since, when it last shrank,
+        # and when the body being written must be out.
+        self.held = 0
+        self.buffered = 0
+        self.stalled_since = 0.0
+        self.body_deadline: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._raw is not None:  # the TLS layer finished its handshake
@@ -726,10 +792,12 @@ class GuardProtocol(asyncio.Protocol):
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self._guard.paused_writing(self)
         if self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._guard.resumed_writing(self)
         if self._inner is not None:
             self._inner.resume_writing()
 

@@ -29,6 +29,7 @@ from .guard import (
     KEEPALIVE_TIMEOUT,
     MAX_CONNECTIONS,
     READ_HEADER_TIMEOUT,
+    WRITE_BUDGET,
     WRITE_TIMEOUT,
     HttpGuard,
     listen,
@@ -62,6 +63,8 @@ class Settings:
     read_header_timeout: float = READ_HEADER_TIMEOUT
     # A response body that makes no progress for this long closes its connection.
     write_timeout: float = WRITE_TIMEOUT
+    # What the buffers of clients that are not keeping up may hold in all (guard.WRITE_BUDGET).
+    write_budget: int = WRITE_BUDGET
     # Sharding: this replica polls the accounts that rendezvous hashing gives index of count.
     shard_count: int = 1
     shard_index: int = 0
@@ -109,6 +112,7 @@ def create_app(
         protect_probes=settings.protect_probes,
         read_header_timeout=settings.read_header_timeout,
         write_timeout=settings.write_timeout,
+        write_budget=settings.write_budget,
     )
     app = web.Application(
         handler_args={"max_field_size": 8190, "max_line_size": 8190, "max_headers": 100},
@@ -283,8 +287,7 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     fmt = OPENMETRICS if wants_openmetrics(accept) else TEXT
     gzipped = accepts_gzip(",".join(request.headers.getall("Accept-Encoding", ())))
     body = await request.app[EXPOSITION].render_async(fmt, gzipped=gzipped)
-    response = web.StreamResponse(headers=_HEADERS[fmt.openmetrics, gzipped])
-    return await request.app[GUARD].send_body(request, response, body)
+    return await request.app[GUARD].send_body(request, _HEADERS[fmt.openmetrics, gzipped], body)
 
 
 def accepts_gzip(header: str) -> bool:
