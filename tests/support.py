@@ -126,6 +126,45 @@ def required_tool(name: str) -> str:
     return path
 
 
+def run_tsc(
+    package: Path, work: Path, files: list[str], paths: dict[str, list[str]]
+) -> subprocess.CompletedProcess[str]:
+    """Type-check `files` in `work` (strict, no output) with the TypeScript pinned by the
+    npm package directory `package`, resolving imports through `paths`.
+
+    A JSON document written as a typed object literal gets TypeScript's excess-property
+    check, which refuses unknown keys that open JSON schemas let through.
+    """
+    tsc = package / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists():
+        pytest.fail(f"{tsc} missing: ./scripts/test installs it (npm ci in {package})")
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node missing: ./scripts/test installs it (Debian's nodejs)")
+    tsconfig = {
+        "compilerOptions": {
+            "strict": True,
+            "noEmit": True,
+            "target": "es2022",
+            "module": "esnext",
+            "moduleResolution": "bundler",
+            "skipLibCheck": True,
+            "types": [],
+            "baseUrl": ".",
+            "paths": paths,
+        },
+        "files": files,
+    }
+    (work / "tsconfig.json").write_text(json.dumps(tsconfig), encoding="utf-8")
+    return subprocess.run(
+        [node, str(tsc), "-p", str(work / "tsconfig.json"), "--pretty", "false"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     import asyncio
 
