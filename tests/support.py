@@ -118,11 +118,11 @@ class RunningSimulator:
     config_path: Path
 
 
-def required_tool(name: str) -> str:
+def required_tool(name: str, package: str = "prometheus") -> str:
     """Path of a real tool. Missing is a failure, never a skip: ./scripts/test installs it."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} not found: run ./scripts/test, which installs Debian's prometheus")
+        pytest.fail(f"{name} not found: run ./scripts/test, which installs Debian's {package}")
     return path
 
 
