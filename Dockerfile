@@ -4,7 +4,7 @@ ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
 # Build the project's wheel, then install it with its dependencies into a venv (pip
 # compiles the bytecode); pip itself is not needed at run time.

@@ -118,12 +118,51 @@ class RunningSimulator:
     config_path: Path
 
 
-def required_tool(name: str) -> str:
+def required_tool(name: str, package: str = "prometheus") -> str:
     """Path of a real tool. Missing is a failure, never a skip: ./scripts/test installs it."""
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} not found: run ./scripts/test, which installs Debian's prometheus")
+        pytest.fail(f"{name} not found: run ./scripts/test, which installs Debian's {package}")
     return path
+
+
+def run_tsc(
+    package: Path, work: Path, files: list[str], paths: dict[str, list[str]]
+) -> subprocess.CompletedProcess[str]:
+    """Type-check `files` in `work` (strict, no output) with the TypeScript pinned by the
+    npm package directory `package`, resolving imports through `paths`.
+
+    A JSON document written as a typed object literal gets TypeScript's excess-property
+    check, which refuses unknown keys that open JSON schemas let through.
+    """
+    tsc = package / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists():
+        pytest.fail(f"{tsc} missing: ./scripts/test installs it (npm ci in {package})")
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node missing: ./scripts/test installs it (Debian's nodejs)")
+    tsconfig = {
+        "compilerOptions": {
+            "strict": True,
+            "noEmit": True,
+            "target": "es2022",
+            "module": "esnext",
+            "moduleResolution": "bundler",
+            "skipLibCheck": True,
+            "types": [],
+            "baseUrl": ".",
+            "paths": paths,
+        },
+        "files": files,
+    }
+    (work / "tsconfig.json").write_text(json.dumps(tsconfig), encoding="utf-8")
+    return subprocess.run(
+        [node, str(tsc), "-p", str(work / "tsconfig.json"), "--pretty", "false"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

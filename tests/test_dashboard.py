@@ -5,14 +5,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from support import DASHBOARD, DOC_SUBSCRIPTION, ROOT, RULES, dashboard_exprs, panels, samples
+from support import (
+    DASHBOARD,
+    DOC_SUBSCRIPTION,
+    ROOT,
+    RULES,
+    dashboard_exprs,
+    panels,
+    run_tsc,
+    samples,
+)
 
 from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.core.endpoints import QUOTA_TIERS, SUBSCRIPTION
@@ -145,40 +153,14 @@ def test_metric_check_catches_an_unknown_metric() -> None:
     assert "koodrive_poll_duration_seconds_bucket" in known
 
 
-def run_tsc(tmp_path: Path, dashboard_text: str) -> subprocess.CompletedProcess[str]:
-    tsc = SCHEMA_CHECK / "node_modules" / ".bin" / "tsc"
-    if not tsc.exists():
-        pytest.fail(f"{tsc} missing: ./scripts/test installs it (npm ci in {SCHEMA_CHECK})")
+def check_dashboard(tmp_path: Path, dashboard_text: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "check.ts").write_text(TS_CHECK + dashboard_text + ";\n", encoding="utf-8")
     schema = SCHEMA_CHECK / "node_modules" / "@grafana" / "schema"
-    tsconfig = {
-        "compilerOptions": {
-            "strict": True,
-            "noEmit": True,
-            "target": "es2022",
-            "module": "esnext",
-            "moduleResolution": "bundler",
-            "skipLibCheck": True,
-            "types": [],
-            "baseUrl": ".",
-            "paths": {"@grafana/schema": [str(schema)]},
-        },
-        "files": ["check.ts"],
-    }
-    (tmp_path / "tsconfig.json").write_text(json.dumps(tsconfig), encoding="utf-8")
-    node = shutil.which("node")
-    assert node is not None, "node missing: ./scripts/test installs it"
-    return subprocess.run(
-        [node, str(tsc), "-p", str(tmp_path / "tsconfig.json")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_tsc(SCHEMA_CHECK, tmp_path, ["check.ts"], {"@grafana/schema": [str(schema)]})
 
 
 def test_dashboard_type_checks_against_grafana_schema(tmp_path: Path) -> None:
-    result = run_tsc(tmp_path, DASHBOARD.read_text(encoding="utf-8"))
+    result = check_dashboard(tmp_path, DASHBOARD.read_text(encoding="utf-8"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -195,6 +177,6 @@ def test_schema_check_rejects_a_broken_dashboard(
 ) -> None:
     text = DASHBOARD.read_text(encoding="utf-8")
     assert old in text
-    result = run_tsc(tmp_path, text.replace(old, new, 1))
+    result = check_dashboard(tmp_path, text.replace(old, new, 1))
     assert result.returncode != 0
     assert complaint in result.stdout

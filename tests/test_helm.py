@@ -1,12 +1,16 @@
 """The Helm chart and the Dockerfile: lint, render several value sets, validate strictly.
 
-No helm binary and no cluster: helm-python-sdk lints and renders the chart offline, and
-kubernetes-validate checks the core manifests against the Kubernetes schemas.
+No helm binary and no cluster: helm-python-sdk lints and renders the chart offline,
+kubernetes-validate checks the core manifests against the Kubernetes schemas, and the
+ServiceMonitor and PrometheusRule are checked against the Prometheus Operator's models
+(npm `@kubernetes-models/prometheus-operator`, pinned in helm/schema-check).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +22,7 @@ import kubernetes_validate
 import pytest
 import trustme
 import yaml
+from support import run_tsc
 
 from exporter.core.config import reference
 from exporter.core.endpoints import ENDPOINTS
@@ -337,3 +342,129 @@ def test_the_values_schema_knows_every_config_key() -> None:
     collectors = schema["definitions"]["collectors"]["oneOf"]
     assert set(collectors[0]["items"]["enum"]) == set(ENDPOINTS)
     assert set(collectors[1]["properties"]) == set(ENDPOINTS)
+
+
+# --- the Prometheus Operator's resources against its schemas -------------------------
+
+SCHEMA_CHECK = ROOT / "helm" / "schema-check"
+MODELS = "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1"
+# (name, value set, resource, a change to it, the field a refusal must name). Misspelled
+# fields are what the CRD schemas let through (the API server prunes them silently).
+MUTATIONS: list[tuple[str, str, str, Any, str]] = [
+    ("tlsConfg in an endpoint", "web config on", "ServiceMonitor",
+     lambda r: r["spec"]["endpoints"][0].update(
+         tlsConfg=r["spec"]["endpoints"][0].pop("tlsConfig")),
+     "tlsConfg"),
+    ("misspelled spec field", "everything on", "ServiceMonitor",
+     lambda r: r["spec"].update(namespaceSelecter=r["spec"].pop("namespaceSelector")),
+     "namespaceSelecter"),
+    ("misspelled metadata field", "sharded statefulset", "ServiceMonitor",
+     lambda r: r["metadata"].update(label=r["metadata"].pop("labels")), "label"),
+    ("port as a number", "everything on", "ServiceMonitor",
+     lambda r: r["spec"]["endpoints"][0].update(port=9877), "port"),
+    ("interval in words", "web config on", "ServiceMonitor",
+     lambda r: r["spec"]["endpoints"][0].update(interval="60 seconds"), "interval"),
+    ("misspelled rule field", "everything on", "PrometheusRule",
+     lambda r: r["spec"]["groups"][-1]["rules"][-1].update(
+         annotation=r["spec"]["groups"][-1]["rules"][-1].pop("annotations")),
+     "annotation"),
+    ("for as a number", "chart secret, operator on", "PrometheusRule",
+     lambda r: r["spec"]["groups"][-1]["rules"][-1].update({"for": 300}), "for"),
+    ("rule without expr", "chart secret, operator on", "PrometheusRule",
+     lambda r: r["spec"]["groups"][0]["rules"][0].pop("expr"), "expr"),
+]  # fmt: skip
+
+
+def operator_resources() -> dict[str, dict[str, Any]]:
+    """Every ServiceMonitor and PrometheusRule of every value set, by `value set: kind`."""
+    found = {}
+    for name, values in VALUE_SETS.items():
+        for manifest in render(values).values():
+            if manifest["kind"] in CRD_KINDS:
+                found[f"{name}: {manifest['kind']}"] = manifest
+    return found
+
+
+def check_operator_resources(
+    resources: dict[str, dict[str, Any]], work: Path
+) -> dict[str, list[str]]:
+    """name -> complaints about that resource, from two checks with one package's models.
+
+    The package's validators are compiled from the operator's CRD schemas (types, enums,
+    patterns, required fields) but, like the CRDs, accept unknown fields; its TypeScript
+    interfaces, which list every field, make tsc's excess-property check refuse those, as
+    `kubectl apply --validate=strict` would. One tsc and one node run check everything.
+    """
+    modules = SCHEMA_CHECK / "node_modules"
+    files = {}
+    for index, (name, resource) in enumerate(resources.items()):
+        kind = resource["kind"]
+        text = json.dumps(resource, indent=2)
+        source = f'import type {{ I{kind} }} from "{MODELS}/{kind}";\n'
+        source += f"export const resource: I{kind} = {text};\n"
+        files[f"r{index}.ts"] = name
+        (work / f"r{index}.ts").write_text(source, encoding="utf-8")
+    paths = {"@kubernetes-models/*": [str(modules / "@kubernetes-models" / "*")]}
+    typed = run_tsc(SCHEMA_CHECK, work, list(files), paths)
+    complaints: dict[str, list[str]] = {name: [] for name in resources}
+    for match in re.finditer(r"^(?:.*/)?(r\d+\.ts)\((\d+),\d+\): (.*)$", typed.stdout, re.M):
+        file, line, message = match[1], int(match[2]), match[3]
+        # tsc names a wrong type but not its field; the offending line does.
+        source = (work / file).read_text(encoding="utf-8").splitlines()[line - 1].strip()
+        complaints[files[file]].append(f"tsc: {message} at {source}")
+    assert typed.returncode == 0 or any(complaints.values()), typed.stdout + typed.stderr
+    (work / "resources.json").write_text(json.dumps(resources), encoding="utf-8")
+    validated = subprocess.run(
+        [
+            str(shutil.which("node")),
+            str(SCHEMA_CHECK / "validate.js"),
+            str(work / "resources.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert validated.returncode == 0, validated.stderr
+    for name, errors in json.loads(validated.stdout).items():
+        complaints[name] += ["schema: " + error for error in errors]
+    return complaints
+
+
+@pytest.fixture(scope="module")
+def operator_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """The verdicts on every rendered resource and on every mutation, in one run."""
+    resources = operator_resources()
+    for name, value_set, kind, mutate, _ in MUTATIONS:
+        resource = json.loads(json.dumps(resources[f"{value_set}: {kind}"]))
+        mutate(resource)
+        resources[f"mutated: {name}"] = resource
+    return check_operator_resources(resources, tmp_path_factory.mktemp("operator"))
+
+
+def test_every_operator_resource_validates_strictly(
+    operator_verdicts: dict[str, list[str]],
+) -> None:
+    rendered = {name for name in operator_verdicts if not name.startswith("mutated: ")}
+    # Every value set that turns an operator resource on is here, each kind it asks for.
+    assert rendered == {
+        "chart secret, operator on: ServiceMonitor",
+        "chart secret, operator on: PrometheusRule",
+        "web config on: ServiceMonitor",
+        "everything on: ServiceMonitor",
+        "everything on: PrometheusRule",
+        "sharded statefulset: ServiceMonitor",
+    }
+    failures = {name: operator_verdicts[name] for name in rendered if operator_verdicts[name]}
+    assert failures == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "field"), [(m[0], m[4]) for m in MUTATIONS], ids=[m[0] for m in MUTATIONS]
+)
+def test_operator_check_refuses_a_broken_resource(
+    operator_verdicts: dict[str, list[str]], name: str, field: str
+) -> None:
+    complaints = operator_verdicts[f"mutated: {name}"]
+    assert complaints, f"{name} was accepted"
+    assert any(re.search(rf"\b{re.escape(field)}\b", c) for c in complaints), complaints

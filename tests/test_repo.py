@@ -17,9 +17,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-# Where citations are looked for: the package, the tests, the benchmarks, the docs, README.
+# Where citations are looked for: the package, the tests, the benchmarks, the docs, the
+# changelog and README.
 SCANNED_DIRS = ("exporter", "tests", "bench", "docs")
-SCANNED_FILES = ("README.md",)
+SCANNED_FILES = ("CHANGELOG.md", "README.md")
 SKIPPED_PARTS = {"__pycache__", "node_modules"}
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".txt", ".toml", ".json", ""}
 
