@@ -20,8 +20,9 @@ The exporter polls `python -m exporter simulate` in another process, both starte
 bench/suite.py starts them. The prober runs in a process of its own (blocking http.client on
 one keep-alive connection, nothing else in that process), the scrapers in another (aiohttp), so
 a slow answer is the exporter's stall, not the client's. Statistics cover a window that opens
-once the second round of polls (spread over 0.5-1.5 intervals after the first) lands at the full
-rate; the first scrape after ready (a full render) is reported apart, in the notes.
+once the second round of polls (each account's slot, 0.5-1.5 intervals after its first poll)
+lands at the full rate; the first scrape after ready (a full render) is reported apart, in the
+notes.
 
 Everything binds 127.0.0.1, every loop is bounded in count and time, every process is stopped.
 """

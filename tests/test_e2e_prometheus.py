@@ -9,12 +9,14 @@ Set KOODRIVE_WRITE_LAYOUT=1 to refresh dashboards/layout.svg from the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,17 @@ import aiohttp
 import yaml
 from aiohttp import web
 from dashboard_svg import render
-from support import DASHBOARD, RULES, dashboard_exprs, panels, two_account_config
+from support import (
+    DASHBOARD,
+    RULES,
+    FakeSource,
+    account,
+    dashboard_exprs,
+    panels,
+    two_account_config,
+)
 
-from exporter.core.config import load_config
+from exporter.core.config import Config, load_config
 from exporter.core.model import Usage
 from exporter.sim.simulator import quota_tiers
 from exporter.web.server import Settings, create_app
@@ -116,31 +126,8 @@ async def test_end_to_end_with_prometheus(simulated, logs, tmp_path: Path, prome
     await site.start()
     exporter_port = exporter.addresses[0][1]
 
-    prom_port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    process = subprocess.Popen(
-        [
-            prometheus_binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
-    )
     try:
-        async with aiohttp.ClientSession() as session:
-            prom = Prometheus(session, f"http://127.0.0.1:{prom_port}")
-            await wait_ready(session, prom.url, process, tmp_path)
-
+        async with prometheus(prometheus_binary, tmp_path, exporter_port, rules=True) as prom:
             # Prometheus stored exactly what the exporter published.
             up = await prom.wait("koodrive_up", lambda r: len(r) == 2, timeout=30)
             first_sample = time.time()
@@ -215,11 +202,85 @@ async def test_end_to_end_with_prometheus(simulated, logs, tmp_path: Path, prome
             (DASHBOARD.parent / "layout.svg").write_text(layout, encoding="utf-8")
         print(f"\nend-to-end with Prometheus: {time.monotonic() - started:.1f}s")
     finally:
+        await exporter.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def prometheus(
+    binary: str, tmp_path: Path, exporter_port: int, *, rules: bool
+) -> AsyncIterator[Prometheus]:
+    """A real Prometheus on 127.0.0.1 scraping the exporter every second (with the project's
+    rules, evaluated every second, if `rules`), stopped on the way out."""
+    prom_port = free_port()
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
+        ],
+    }
+    if rules:
+        config["rule_files"] = [str(RULES)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            prom = Prometheus(session, f"http://127.0.0.1:{prom_port}")
+            await wait_ready(session, prom.url, process, tmp_path)
+            yield prom
+    finally:
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+async def test_prometheus_reads_a_large_gzip_built_from_segments(
+    logs, tmp_path: Path, prometheus_binary
+) -> None:
+    """1,500 accounts polled every second: a body of over a megabyte whose gzip is made of
+    per-chunk deflate segments, the compressed chunks of accounts that did not land reused.
+    Go's gzip reader (Prometheus's) must read every sample of it, scrape after scrape."""
+    accounts = tuple(account(f"tenant-{i:04d}", interval=1.0, timeout=0.5) for i in range(1500))
+    source = FakeSource()
+    settings = Settings(source_factory=lambda _session: source, startup_window=0.5)
+    exporter = web.AppRunner(create_app(Config(accounts=accounts), logs.log, settings))
+    await exporter.setup()
+    site = web.TCPSite(exporter, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with prometheus(
+            prometheus_binary, tmp_path, exporter.addresses[0][1], rules=False
+        ) as prom:
+            count = f'count(koodrive_up{{job="{JOB}"}} == 1)'
+            await prom.wait(count, lambda r: r and r[0]["value"][1] == "1500", timeout=30)
+            # Several scrapes later every one still parsed whole, with every sample in it.
+            await asyncio.sleep(4)
+            scrapes = await prom.query(f'count_over_time(up{{job="{JOB}"}}[4s])')
+            assert int(scrapes[0]["value"][1]) >= 3
+            assert (await prom.query(f'min_over_time(up{{job="{JOB}"}}[4s])'))[0]["value"][1] == "1"
+            # Every scrape held every sample: as many as the plain body has lines for.
+            url = f"http://127.0.0.1:{exporter.addresses[0][1]}/metrics"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                lines = (await response.text()).splitlines()
+            expected = sum(1 for line in lines if line and not line.startswith("#"))
+            assert expected > 8 * 1500
+            for over_time in ("min_over_time", "max_over_time"):
+                query = f'{over_time}(scrape_samples_scraped{{job="{JOB}"}}[4s])'
+                assert int((await prom.query(query))[0]["value"][1]) == expected
+            used = await prom.query('koodrive_space_used_bytes{account="tenant-1234"}')
+            assert float(used[0]["value"][1]) > 0
+    finally:
         await exporter.cleanup()
 
 

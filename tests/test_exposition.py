@@ -17,10 +17,11 @@ import pytest
 from support import DOC_SUBSCRIPTION, ROOT, families, samples
 
 from exporter import __version__
+from exporter.core import exposition as exposition_module
 from exporter.core import metrics
 from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth, collector_config
 from exporter.core.endpoints import ENDPOINTS, METRICS, QUOTA_TIERS, SUBSCRIPTION
-from exporter.core.exposition import OPENMETRICS, TEXT, Exposition, Format
+from exporter.core.exposition import CHUNK, OPENMETRICS, TEXT, Exposition, Format
 from exporter.core.metrics import EXPORTER, Metric
 from exporter.core.model import Reason, Snapshot, UsageBytes
 from exporter.core.state import ExporterState
@@ -541,6 +542,46 @@ async def test_a_scrape_of_2000_accounts_with_polls_landing_does_not_stall_the_l
         assert gzip.decompress(body) == exposition.render(TEXT)
         assert stall < 0.05, stall
         assert stall < took / 2, (stall, took)
+
+
+async def test_a_large_gzip_recompresses_only_the_chunks_that_changed(monkeypatch) -> None:
+    """Polls land in list order (the poller's slots), so the accounts that landed since the
+    last scrape are neighbours: a scrape compresses their chunk's pieces and the tail, and
+    reuses the deflate segments of everything else. The result is one gzip stream that
+    decodes to the plain body (the real Prometheus reads it in test_e2e_prometheus.py)."""
+    compressed: list[int] = []
+    real = exposition_module._deflate
+    monkeypatch.setattr(
+        exposition_module, "_deflate", lambda piece: compressed.append(len(piece)) or real(piece)
+    )
+    names = [f"tenant-{i:05d}" for i in range(4 * CHUNK)]
+    state = ExporterState(accounts(*names))
+    exposition = Exposition(state, process_metrics=False)
+
+    def land(some: list[str], used: int) -> None:
+        for name in some:
+            usage = UsageBytes(used, 10**12, used // 2)
+            state.record(Snapshot(name, "overview", clock.time(), 0.05, "t", result=usage))
+
+    land(names, 10**9)
+    first = await exposition.render_async(TEXT, gzipped=True)
+    assert gzip.decompress(first) == exposition.render(TEXT)
+    everything = sum(compressed)
+    assert everything == len(exposition.render(TEXT))
+    # The third chunk's accounts land: only its pieces (one per family) and the tail change.
+    compressed.clear()
+    land(names[2 * CHUNK : 3 * CHUNK], 7 * 10**9)
+    second = await exposition.render_async(TEXT, gzipped=True)
+    body = exposition.render(TEXT)
+    assert gzip.decompress(second) == body
+    assert body.count(b" 7000000000\n") == CHUNK
+    assert 0 < sum(compressed) < everything / 3
+    # Nothing landed: the same bytes, nothing compressed.
+    compressed.clear()
+    assert await exposition.render_async(TEXT, gzipped=True) is second
+    assert compressed == []
+    # Segments cost little against compressing the body whole.
+    assert len(second) < 1.1 * len(gzip.compress(body))
 
 
 async def longest_stall(done: asyncio.Event) -> float:

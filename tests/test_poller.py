@@ -24,13 +24,12 @@ from exporter.core.endpoints import ENDPOINTS, Endpoint
 from exporter.core.exposition import Exposition
 from exporter.core.model import FetchError, Reason
 from exporter.core.poller import (
-    JITTER,
     RETRY_AFTER_CAP,
     TICK,
     Poller,
     backoff_delay,
     first_delay,
-    next_delay,
+    next_slot,
     retry_after_cap,
     startup_window,
 )
@@ -71,7 +70,7 @@ def make_poller(
 def snap(due: float, interval: float) -> float:
     """Due times are rounded up to a tick: 100 ms, or a twentieth of a short interval."""
     tick = min(TICK, interval / 20)
-    return math.ceil(due / tick) * tick
+    return math.ceil(due / tick - 1e-9) * tick
 
 
 def planned(
@@ -80,12 +79,14 @@ def planned(
     until: float,
     deferrals: dict[int, float] | None = None,
     retry_draws: dict[int, int] | None = None,
+    phase: float = 0.0,
 ) -> list[float]:
     """When one account's polls should start, if every poll is instant.
 
     The design's rules restated, drawing from the same seeded generator in the same order
-    as the poller: the first poll within the startup window; the second 0.5-1.5 intervals
-    after it; then an interval ±10 %; never sooner than poll n's Retry-After deferral
+    as the poller: the first poll within the startup window; then each in the account's
+    slot (phase + k intervals after the poller started at 0) at least half an interval
+    after the last one started; never sooner than poll n's Retry-After deferral
     (`deferrals[n]`); rounded up to a tick. `retry_draws[n]` counts the backoff draws poll n
     makes (a retry may be drawn and then dropped, as it would not fit in the interval).
     """
@@ -97,10 +98,7 @@ def planned(
         for _ in range(retry_draws.get(n, 0)):
             rng.random()
         started = calls[-1]
-        if n == 0:
-            due = started + interval * rng.uniform(0.5, 1.5)
-        else:
-            due = started + next_delay(rng, interval)
+        due = next_slot(started + interval / 2, 0.0, phase, interval)
         if n in deferrals:
             due = max(due, started + deferrals[n])
         due = snap(due, interval)
@@ -128,12 +126,13 @@ def test_first_delay_is_within_the_startup_window_not_the_interval() -> None:
     assert max(first_delay(rng, interval=0.5, window=2) for _ in range(100)) <= 0.5
 
 
-def test_next_delay_jitters_plus_minus_ten_percent() -> None:
-    rng = random.Random(2)
-    delays = [next_delay(rng, 60) for _ in range(5000)]
-    assert 60 * (1 - JITTER) <= min(delays) < 54.2
-    assert 65.8 < max(delays) <= 60 * (1 + JITTER)
-    assert len({round(d, 6) for d in delays}) > 4900  # no lockstep
+def test_next_slot_is_the_first_slot_at_or_after_a_time() -> None:
+    # Slots of an account at phase 0.25 of a 60 s interval counted from 100: 115, 175, ...
+    assert next_slot(100.0, 100.0, 0.25, 60.0) == 115.0
+    assert next_slot(115.0, 100.0, 0.25, 60.0) == 115.0
+    assert next_slot(115.5, 100.0, 0.25, 60.0) == 175.0
+    assert next_slot(1000.0, 100.0, 0.25, 60.0) == 1015.0
+    assert next_slot(50.0, 100.0, 0.25, 60.0) == 55.0  # before the anchor too
 
 
 @on_virtual_time
@@ -281,17 +280,32 @@ async def test_a_hanging_account_does_not_block_the_others(logs) -> None:
 
 
 @on_virtual_time
-async def test_interval_is_respected_with_jitter(logs) -> None:
+async def test_polls_keep_their_slot(logs) -> None:
     source = FakeSource()
     poller, _ = make_poller([account("a", interval=0.1)], source, logs)
     await run_for(poller, 1.051)
     calls = source.calls["a"]
     assert calls == exactly(planned(interval=0.1, window=0.01, until=1.051))
-    # After the first poll the phase is re-drawn within 0.5-1.5 intervals; then ±10 %;
-    # each rounded up to the 5 ms tick.
-    assert 0.05 <= gaps(calls)[0] <= 0.15 + 0.005 + 1e-9, gaps(calls)
-    assert all(0.09 <= gap <= 0.11 + 0.005 + 1e-9 for gap in gaps(calls)[1:]), gaps(calls)
-    assert len({round(gap, 6) for gap in gaps(calls)[1:]}) > 1  # jittered, not fixed
+    # After the first poll (within the startup window), every poll in the account's slot:
+    # the only account has phase 0, so on the interval's multiples, exactly.
+    assert calls[1:] == exactly([0.1 * n for n in range(1, 11)])
+
+
+@on_virtual_time
+async def test_accounts_poll_in_list_order_spread_over_the_interval(logs) -> None:
+    """The body lists accounts in this order: polls landing between two scrapes are
+    neighbours there, so a scrape re-renders few chunks."""
+    source = FakeSource()
+    accounts = [account(f"a{i}", interval=1.0) for i in range(4)]
+    poller, _ = make_poller(accounts, source, logs)
+    await run_for(poller, 3.9)
+    for index, item in enumerate(accounts):
+        phase = index / len(accounts)
+        first, *later = source.calls[item.name]
+        # Its slots (phase, phase + 1, ...) from half an interval after the first poll on.
+        slots = [phase + k for k in range(4) if first + 0.5 <= phase + k < 3.9]
+        assert later == exactly(slots)
+        assert len(later) >= 3
 
 
 @on_virtual_time
@@ -531,7 +545,8 @@ async def test_update_adds_removes_and_restarts_only_changed_accounts(logs) -> N
 @on_virtual_time
 async def test_due_times_snap_to_ticks_so_polls_wake_the_loop_together(logs) -> None:
     source = FakeSource()
-    accounts = [account(f"t{i}", interval=1.0, timeout=0.1) for i in range(20)]
+    # 40 slots in a 1 s interval, 25 ms apart: two to a 50 ms tick.
+    accounts = [account(f"t{i}", interval=1.0, timeout=0.1) for i in range(40)]
     poller, _ = make_poller(accounts, source, logs, window=0.05)
     await run_for(poller, 2.31)
     # After the first round every poll starts on a 50 ms tick (interval / 20), exactly.

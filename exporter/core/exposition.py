@@ -24,7 +24,9 @@ import asyncio
 import gzip
 import heapq
 import math
+import struct
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -47,6 +49,10 @@ EOF = b"# EOF\n"
 # Bodies at least this large are compressed in a worker thread: below it, compressing on the
 # loop (about 0.1 ms for 64 KiB) costs less than the hop to a thread.
 THREAD_GZIP_BYTES = 64 * 1024
+# A gzip member made of deflate segments (see _gzip_segments): the header gzip.compress
+# writes with mtime=0, and a final empty block after the segments' sync flushes.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+_FINAL_BLOCK = b"\x03\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +183,7 @@ class _Body:
         "global_headers",
         "gzipped",
         "gzipped_of",
+        "pieces",
         "process",
         "process_until",
         "until",
@@ -188,6 +195,9 @@ class _Body:
         self.account_headers = [header(m, fmt.openmetrics).encode() for m in ACCOUNT_METRICS]
         self.global_headers = tuple(header(m, fmt.openmetrics) for m in GLOBAL_METRICS)
         self.body = b""
+        # The non-empty parts `body` was joined from: headers, chunks, then the rest; the
+        # unit in which gzip is cached (Exposition._segments).
+        self.pieces: tuple[bytes, ...] = ()
         # When the body was built, and the state's generation it was built from.
         self.built_at = -math.inf
         self.built_of = -1
@@ -246,6 +256,10 @@ class Exposition:
         # collector that no account runs are left out, so a config without them renders
         # exactly as before they existed.
         self._shown: tuple[bool, ...] = ()
+        # Per piece of a current body (by identity; the entry keeps the piece alive): its
+        # deflate segment. A chunk is one piece, so a scrape compresses the chunks that
+        # changed since the last, not the whole body.
+        self._segments: dict[int, tuple[bytes, bytes]] = {}
         state.listen(self._on_landed)
 
     def _on_landed(self, name: str) -> None:
@@ -258,8 +272,10 @@ class Exposition:
             self._refresh(index, self._clock())
 
     async def render_async(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
-        """render(), with a large body's gzip made in a worker thread. Concurrent scrapes of
-        one body share one compression; a body that changed meanwhile is compressed anew."""
+        """render(), with a large body's gzip made in a worker thread from cached segments:
+        only the pieces new since the last compression are compressed. Concurrent scrapes
+        of one body share one compression; a body that changed meanwhile is compressed
+        anew."""
         if not self._young(self._bodies[fmt.openmetrics], self._clock()):
             await self._render_dirty()
         body = self.render(fmt)
@@ -269,15 +285,38 @@ class Exposition:
         if cache.gzipped is not None and cache.gzipped_of is body:
             return cache.gzipped
         if cache.compressing is None or cache.compressing[0] is not body:
-            job = asyncio.ensure_future(asyncio.to_thread(_compress, body))
+            if cache.body is body:
+                pieces = cache.pieces
+                known = [self._segment(piece) for piece in pieces]
+                work = asyncio.to_thread(_gzip_segments, body, pieces, known)
+                job = asyncio.ensure_future(work)
+                job.add_done_callback(lambda done: self._keep(pieces, done))
+            else:  # not a body of ours (a test's stand-in): compressed whole
+                job = asyncio.ensure_future(asyncio.to_thread(_gzip_whole, body))
             cache.compressing = (body, job)
         job = cache.compressing[1]
-        compressed = await asyncio.shield(job)
+        compressed, _ = await asyncio.shield(job)
         if cache.body is body:
             cache.gzipped, cache.gzipped_of = compressed, body
         if cache.compressing is not None and cache.compressing[1] is job:
             cache.compressing = None
         return compressed
+
+    def _segment(self, piece: bytes) -> bytes | None:
+        entry = self._segments.get(id(piece))
+        return entry[1] if entry is not None and entry[0] is piece else None
+
+    def _keep(self, pieces: tuple[bytes, ...], done: asyncio.Future[tuple[bytes, list]]) -> None:
+        """Remember a compression's segments for the pieces the bodies still use; forget
+        those of pieces they no longer use (a re-rendered chunk is a new piece)."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        live = {id(piece) for body in self._bodies for piece in body.pieces}
+        kept = {key: entry for key, entry in self._segments.items() if key in live}
+        for piece, segment in zip(pieces, done.result()[1], strict=True):
+            if id(piece) in live:
+                kept[id(piece)] = (piece, segment)
+        self._segments = kept
 
     async def _render_dirty(self) -> None:
         """Re-join the chunks dirty now one at a time, yielding to the loop after each, so
@@ -364,7 +403,8 @@ class Exposition:
         parts.append(cache.process)
         if openmetrics:
             parts.append(EOF)
-        cache.body = b"".join(parts)
+        cache.pieces = tuple(part for part in parts if part)
+        cache.body = b"".join(cache.pieces)
         cache.generation = self._generation
 
     def _relayout(self, now: float) -> None:
@@ -414,6 +454,33 @@ class Exposition:
 
 def _compress(body: bytes) -> bytes:
     return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def _gzip_whole(body: bytes) -> tuple[bytes, list[bytes]]:
+    return _compress(body), []
+
+
+def _deflate(piece: bytes) -> bytes:
+    """A raw deflate segment that ends on a byte boundary (sync flush) and refers to nothing
+    before it, so segments compressed apart concatenate into one valid deflate stream."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _gzip_segments(
+    body: bytes, pieces: tuple[bytes, ...], known: list[bytes | None]
+) -> tuple[bytes, list[bytes]]:
+    """One ordinary gzip member (RFC 1952) of `body`, the concatenation of `pieces`: its
+    deflate stream is the pieces' segments (those `known`, the rest compressed here) and a
+    final empty block; the CRC is of the whole body. Any gzip reader reads it as one stream;
+    segments cost ~3 % in size against compressing the body whole (10,000 accounts, level 6).
+    Runs in a worker thread: zlib releases the GIL."""
+    segments = [
+        segment if segment is not None else _deflate(piece)
+        for piece, segment in zip(pieces, known, strict=True)
+    ]
+    trailer = struct.pack("<II", zlib.crc32(body), len(body) & 0xFFFFFFFF)
+    return b"".join((_GZIP_HEADER, *segments, _FINAL_BLOCK, trailer)), segments
 
 
 def _deadlines(account: AccountState) -> tuple[float, ...]:

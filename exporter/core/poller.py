@@ -39,14 +39,12 @@ from .state import ExporterState
 # window grows with the account count (STARTUP_RATE first polls a second), up to a cap.
 STARTUP_RATE = 1000.0
 STARTUP_WINDOW_MAX = 10.0
-JITTER = 0.10
 # The client enforces the per-request timeout; this outer guard only exists so that a bug
 # below it can never wedge an account's loop.
 TIMEOUT_GRACE = 1.0
 # Due times are rounded up to a tick (at most 100 ms, and 5 % of the interval) so that polls
 # falling close together wake the event loop once, as a batch, instead of once each: with
-# thousands of accounts this cuts the CPU per poll by a third, and the tick stays well
-# inside the interval's own ±10 % jitter.
+# thousands of accounts this cuts the CPU per poll by a third.
 TICK = 0.1
 # A poll is never deferred by a Retry-After for longer than the account's interval or this,
 # whichever is longer: ten minutes is a generous back-off for a rate limiter, and an account
@@ -93,9 +91,17 @@ def first_delay(rng: random.Random, interval: float, window: float) -> float:
     return rng.uniform(0.0, min(window, interval))
 
 
-def next_delay(rng: random.Random, interval: float, jitter: float = JITTER) -> float:
-    """The interval with ±jitter, so accounts started together drift apart."""
-    return interval * rng.uniform(1.0 - jitter, 1.0 + jitter)
+def next_slot(after: float, anchor: float, phase: float, interval: float) -> float:
+    """The first of an account's slots, anchor + (phase + k) * interval, at or after `after`.
+
+    Fixed slots, as Prometheus gives each target a fixed offset in its scrape interval:
+    accounts spread evenly by their place in the list (phase = index / count) and keep that
+    place, so polls land in list order, which is the order of the body. The accounts whose
+    polls land between two scrapes are then neighbours in the body, and a scrape re-renders
+    and recompresses only their chunks (core/exposition.py), not all of them.
+    """
+    rounds = math.ceil((after - anchor) / interval - phase)
+    return anchor + (phase + rounds) * interval
 
 
 def backoff_delay(rng: random.Random, base: float, retry: int, cap: float) -> float:
@@ -133,6 +139,8 @@ class Poller:
         self._retry_after_cap = retry_after_cap
         # One loop per (account, collector), the account's loops under its name.
         self._tasks: dict[str, list[asyncio.Task[None]]] = {}
+        # Where the slots of every account's loop are counted from (loop time at start).
+        self._anchor = 0.0
         # Requests in flight over all accounts: thousands of accounts must not open
         # thousands of connections at once (backoff sleeps do not hold a slot).
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -142,8 +150,9 @@ class Poller:
         accounts = [state.config for state in self._state.accounts.values()]
         if self._startup_window is None:
             self._startup_window = startup_window(len(accounts))
-        for account in accounts:
-            self._start(account)
+        self._anchor = asyncio.get_running_loop().time()
+        for index, account in enumerate(accounts):
+            self._start(account, index / len(accounts))
 
     async def stop(self) -> None:
         await self._cancel(list(self._tasks))
@@ -168,14 +177,16 @@ class Poller:
         await self._cancel(removed + changed)
         self._source.forget([old[n] for n in removed + changed], [old[n] for n in unchanged])
         self._state.set_accounts(new.values())
+        places = {name: index / len(new) for index, name in enumerate(new)}
         for name in added + changed:
-            self._start(new[name])
+            self._start(new[name], places[name])
         return len(added), len(removed), len(changed)
 
-    def _start(self, account: AccountConfig) -> None:
+    def _start(self, account: AccountConfig, phase: float) -> None:
         self._tasks[account.name] = [
             asyncio.create_task(
-                self._run(account, collector), name=f"poll:{account.name}:{collector.name}"
+                self._run(account, collector, phase),
+                name=f"poll:{account.name}:{collector.name}",
             )
             for collector in account.collectors
         ]
@@ -186,28 +197,26 @@ class Poller:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, account: AccountConfig, collector: CollectorConfig) -> None:
+    async def _run(self, account: AccountConfig, collector: CollectorConfig, phase: float) -> None:
         loop = asyncio.get_running_loop()
         interval = collector.interval
         window = self._startup_window if self._startup_window is not None else 0.0
         await asyncio.sleep(first_delay(self._rng, interval, window))
-        first = True
         while True:
             started = loop.time()
             snapshot = await self.poll_once(account, collector)
-            if first:
-                # The first round ran within seconds for a quick readiness; the second is
-                # placed anywhere in the next 0.5-1.5 intervals, so the accounts' phases
-                # spread evenly over the interval instead of bunching where they started.
-                first = False
-                due = started + interval * self._rng.uniform(0.5, 1.5)
-            else:
-                due = started + next_delay(self._rng, interval)
+            # The first round ran within seconds for a quick readiness; from the second on
+            # each poll takes the account's slot at least half an interval after the last
+            # one started (0.5-1.5 intervals after the first; exactly one interval after a
+            # poll that started in its slot; at once after one that overran its slot).
+            due = next_slot(started + interval / 2, self._anchor, phase, interval)
             if snapshot.retry_after is not None:  # never undercut the upstream's wish...
                 deferral = self._deferral(account, collector, snapshot.retry_after)
                 due = max(due, loop.time() + deferral)
             tick = min(TICK, interval / 20)
-            due = math.ceil(due / tick) * tick
+            due = (
+                math.ceil(due / tick - 1e-9) * tick
+            )  # a slot on a tick, give or take an ulp, stays
             await asyncio.sleep(max(0.0, due - loop.time()))
 
     def _deferral(
