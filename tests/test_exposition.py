@@ -584,6 +584,46 @@ async def test_a_large_gzip_recompresses_only_the_chunks_that_changed(monkeypatc
     assert len(second) < 1.1 * len(gzip.compress(body))
 
 
+async def test_settled_chunks_are_compressed_between_scrapes(monkeypatch) -> None:
+    """A chunk whose polls have all landed (none for SETTLE_QUIET) is rendered and
+    compressed in the background, so the next scrape compresses only the tail."""
+    compressed: list[int] = []
+    real = exposition_module._deflate
+    monkeypatch.setattr(
+        exposition_module, "_deflate", lambda piece: compressed.append(len(piece)) or real(piece)
+    )
+    monkeypatch.setattr(exposition_module, "SETTLE_PERIOD", 0.005)
+    names = [f"tenant-{i:05d}" for i in range(4 * CHUNK)]
+    state = ExporterState(accounts(*names))
+    now = Clock(1000.0)
+    exposition = Exposition(state, clock=now, process_metrics=False)
+    for name in names:
+        state.record(ok(name, at=990.0, used=10**9))
+    await exposition.render_async(TEXT, gzipped=True)
+    compressed.clear()
+    for name in names[CHUNK : 2 * CHUNK]:
+        state.record(ok(name, at=1000.0, used=7 * 10**9))
+    settling = asyncio.create_task(exposition.settle())
+    try:
+        await asyncio.sleep(0.05)
+        assert compressed == []  # polls landed in that chunk just now: not settled yet
+        now.now += exposition_module.SETTLE_QUIET
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if compressed:
+                break
+        settled = sum(compressed)
+        assert settled > 0
+        compressed.clear()
+        body = await exposition.render_async(TEXT, gzipped=True)
+    finally:
+        settling.cancel()
+    plain = exposition.render(TEXT)
+    assert gzip.decompress(body) == plain
+    assert plain.count(b" 7000000000\n") == CHUNK
+    assert sum(compressed) < settled / 5  # the scrape compressed the tail, not the chunk
+
+
 async def longest_stall(done: asyncio.Event) -> float:
     """The longest the loop took to come back to this task, until `done` is set."""
     longest = 0.0

@@ -53,6 +53,10 @@ THREAD_GZIP_BYTES = 64 * 1024
 # writes with mtime=0, and a final empty block after the segments' sync flushes.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 _FINAL_BLOCK = b"\x03\x00"
+# A chunk no poll has landed in for SETTLE_QUIET seconds is rendered and compressed ahead of
+# the next scrape (Exposition.settle), checked every SETTLE_PERIOD.
+SETTLE_QUIET = 1.0
+SETTLE_PERIOD = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +253,8 @@ class Exposition:
         self._deadlines: list[tuple[float, ...]] = []
         self._chunks: list[list[bytes]] = []  # [metric][chunk] -> bytes, shared by formats
         self._dirty: set[int] = set()
+        # Per chunk: when a poll last landed in it (the clock's reading), for settle().
+        self._touched: list[float] = []
         self._stale_heap: list[tuple[float, str]] = []
         self._valid_until = 0.0
         self._bodies = (_Body(TEXT), _Body(OPENMETRICS))  # indexed by Format.openmetrics
@@ -312,11 +318,47 @@ class Exposition:
         if done.cancelled() or done.exception() is not None:
             return
         live = {id(piece) for body in self._bodies for piece in body.pieces}
+        live.update(id(piece) for family in self._chunks for piece in family)
         kept = {key: entry for key, entry in self._segments.items() if key in live}
         for piece, segment in zip(pieces, done.result()[1], strict=True):
             if id(piece) in live:
                 kept[id(piece)] = (piece, segment)
         self._segments = kept
+
+    async def settle(self) -> None:
+        """Render and compress, between scrapes, the chunks whose polls have all landed.
+
+        Polls land in list order (each account keeps its slot), so at any moment only the
+        chunk or two where the slots are now change; the others were last touched a while
+        ago and will not change until their slots come round again. Compressing those now,
+        once per interval each, leaves a scrape only the chunks still changing: its time no
+        longer grows with the share of the body that changed since the last scrape. Only for
+        bodies large enough to be compressed in a worker thread anyway."""
+        while True:
+            await asyncio.sleep(SETTLE_PERIOD)
+            largest = max(len(body.body) for body in self._bodies)
+            if largest >= THREAD_GZIP_BYTES and self._state.layout == self._layout:
+                await self._settle_quiet(self._clock())
+
+    async def _settle_quiet(self, now: float) -> None:
+        quiet = [c for c in self._dirty if now - self._touched[c] >= SETTLE_QUIET]
+        rendered: list[bytes] = []
+        for chunk in quiet:
+            if self._state.layout != self._layout:
+                return  # a reload: the next render lays everything out anew
+            if chunk in self._dirty:
+                self._dirty.discard(chunk)
+                self._render_chunk(chunk, self._clock())
+                self._generation += 1
+                rendered += [family[chunk] for family in self._chunks if family[chunk]]
+                await asyncio.sleep(0)
+        if not rendered:
+            return
+        segments = await asyncio.to_thread(lambda: [_deflate(piece) for piece in rendered])
+        current = {id(piece) for family in self._chunks for piece in family}
+        for piece, segment in zip(rendered, segments, strict=True):
+            if id(piece) in current:  # not re-rendered meanwhile
+                self._segments[id(piece)] = (piece, segment)
 
     async def _render_dirty(self) -> None:
         """Re-join the chunks dirty now one at a time, yielding to the loop after each, so
@@ -419,6 +461,7 @@ class Exposition:
         self._deadlines = [_deadlines(account) for account in accounts.values()]
         chunks = (len(self._names) + CHUNK - 1) // CHUNK
         self._chunks = [[b""] * chunks for _ in ACCOUNT_METRICS]
+        self._touched = [now] * chunks
         # A passed deadline is not pushed: those rows of the account render stale right away.
         self._stale_heap = [
             (deadline, name)
@@ -438,6 +481,7 @@ class Exposition:
             if deadline >= now:
                 heapq.heappush(self._stale_heap, (deadline, name))
         self._dirty.add(index // CHUNK)
+        self._touched[index // CHUNK] = now
 
     def _render_chunk(self, chunk: int, now: float) -> None:
         rows = slice(chunk * CHUNK, (chunk + 1) * CHUNK)

@@ -249,6 +249,8 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
     runtime.poller = poller
     runtime.background.add(asyncio.create_task(app[GUARD].watch(), name="web-config-watch"))
     runtime.background.add(asyncio.create_task(app[GUARD].sweep(), name="slow-client-sweep"))
+    settle = app[EXPOSITION].settle()
+    runtime.background.add(asyncio.create_task(settle, name="exposition-settle"))
     if settings.freeze_gc:
         freeze = _freeze_when_ready(app[STATE])
         runtime.background.add(asyncio.create_task(freeze, name="gc-freeze"))
