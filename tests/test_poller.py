@@ -8,11 +8,13 @@ not a window on the wall clock, and they take no time to wait out.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import inspect
 import itertools
 import math
 import random
+import statistics
 import time
 
 import pytest
@@ -24,6 +26,7 @@ from exporter.core.endpoints import ENDPOINTS, Endpoint
 from exporter.core.exposition import Exposition
 from exporter.core.model import FetchError, Reason
 from exporter.core.poller import (
+    BATCH,
     RETRY_AFTER_CAP,
     TICK,
     Poller,
@@ -540,6 +543,21 @@ async def test_update_adds_removes_and_restarts_only_changed_accounts(logs) -> N
         after = [t for t in source.calls[name] if t >= 0.25]
         assert after
         assert after[0] <= 0.25 + 0.01
+
+
+@on_virtual_time
+async def test_a_batch_of_polls_stays_small_when_slots_are_dense(logs) -> None:
+    """1,000 accounts in a 1 s interval: a slot every millisecond. A 50 ms tick would wake
+    50 polls at once; the tick shrinks to 16 ms, so about 16 share a wake-up."""
+    source = FakeSource()
+    accounts = [account(f"t{i:04d}", interval=1.0, timeout=0.1) for i in range(1000)]
+    poller, _ = make_poller(accounts, source, logs, window=0.05)
+    await run_for(poller, 2.5)
+    later = [round(t, 6) for calls in source.calls.values() for t in calls[1:]]
+    assert len(later) > 1500
+    batches = collections.Counter(later)
+    assert max(batches.values()) <= BATCH + 1
+    assert statistics.median(batches.values()) >= BATCH - 1  # still batched
 
 
 @on_virtual_time
