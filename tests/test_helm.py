@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import trustme
 import yaml
-from support import run_tsc
+from support import node_binary, node_version, run_tsc
 
 from exporter.core.config import reference
 from exporter.core.endpoints import ENDPOINTS
@@ -350,7 +350,7 @@ SCHEMA_CHECK = ROOT / "helm" / "schema-check"
 MODELS = "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1"
 # (name, value set, resource, a change to it, the field a refusal must name). Misspelled
 # fields are what the CRD schemas let through (the API server prunes them silently).
-MUTATIONS: list[tuple[str, str, str, Any, str]] = [
+MUTATIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], object], str]] = [
     ("tlsConfg in an endpoint", "web config on", "ServiceMonitor",
      lambda r: r["spec"]["endpoints"][0].update(
          tlsConfg=r["spec"]["endpoints"][0].pop("tlsConfig")),
@@ -390,8 +390,9 @@ def check_operator_resources(
 ) -> dict[str, list[str]]:
     """name -> complaints about that resource, from two checks with one package's models.
 
-    The package's validators are compiled from the operator's CRD schemas (types, enums,
-    patterns, required fields) but, like the CRDs, accept unknown fields; its TypeScript
+    The package's validators are generated from the operator's Go API types, v0.91.0 (the
+    types its CRDs come from: types, enums, patterns, required fields; provenance in
+    helm/schema-check/validate.js) but, like the CRDs, accept unknown fields; its TypeScript
     interfaces, which list every field, make tsc's excess-property check refuse those, as
     `kubectl apply --validate=strict` would. One tsc and one node run check everything.
     """
@@ -414,18 +415,15 @@ def check_operator_resources(
         complaints[files[file]].append(f"tsc: {message} at {source}")
     assert typed.returncode == 0 or any(complaints.values()), typed.stdout + typed.stderr
     (work / "resources.json").write_text(json.dumps(resources), encoding="utf-8")
+    node = node_binary()
     validated = subprocess.run(
-        [
-            str(shutil.which("node")),
-            str(SCHEMA_CHECK / "validate.js"),
-            str(work / "resources.json"),
-        ],
+        [node, str(SCHEMA_CHECK / "validate.js"), str(work / "resources.json")],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert validated.returncode == 0, validated.stderr
+    assert validated.returncode == 0, f"[{node_version(node)}] {validated.stderr}"
     for name, errors in json.loads(validated.stdout).items():
         complaints[name] += ["schema: " + error for error in errors]
     return complaints
@@ -456,7 +454,7 @@ def test_every_operator_resource_validates_strictly(
         "sharded statefulset: ServiceMonitor",
     }
     failures = {name: operator_verdicts[name] for name in rendered if operator_verdicts[name]}
-    assert failures == {}
+    assert failures == {}, node_version(node_binary())
 
 
 @pytest.mark.parametrize(
@@ -466,5 +464,8 @@ def test_operator_check_refuses_a_broken_resource(
     operator_verdicts: dict[str, list[str]], name: str, field: str
 ) -> None:
     complaints = operator_verdicts[f"mutated: {name}"]
-    assert complaints, f"{name} was accepted"
-    assert any(re.search(rf"\b{re.escape(field)}\b", c) for c in complaints), complaints
+    assert complaints, f"{name} was accepted [{node_version(node_binary())}]"
+    assert any(re.search(rf"\b{re.escape(field)}\b", c) for c in complaints), (
+        complaints,
+        node_version(node_binary()),
+    )

@@ -152,8 +152,8 @@ def test_license_is_the_full_apache_2_text() -> None:
     assert len(text.split()) > 1500
 
 
-def test_changelog_keeps_a_changelog() -> None:
-    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+def check_changelog(text: str) -> None:
+    """Keep a Changelog's form, as this project uses it (raises AssertionError)."""
     assert text.startswith("# Changelog\n")
     assert "[Keep a Changelog](https://keepachangelog.com/en/1.1.0/)" in text
     releases = re.findall(r"^## \[([^\]]+)\](?: - (\d{4}-\d{2}-\d{2}))?$", text, re.MULTILINE)
@@ -161,10 +161,36 @@ def test_changelog_keeps_a_changelog() -> None:
     assert all(name == "Unreleased" or date for name, date in releases), releases
     # The first release heading is the coming version, or the current one once released.
     assert releases[0][0] in {"Unreleased", VERSION}
-    if releases[0][0] == "Unreleased":
+    # Before any dated release, [Unreleased] says which version the first release will be;
+    # once one is out, [Unreleased] above it collects the next changes and needs no such note.
+    if not any(date for _, date in releases):
         assert f"first release, {VERSION}" in text
     assert set(re.findall(r"^### (.+)$", text, re.MULTILINE)) <= set(CHANGE_KINDS)
     # Every release heading has its link reference at the bottom.
     for name, _ in releases:
         assert re.search(rf"^\[{re.escape(name)}\]: https://\S+$", text, re.MULTILINE), name
     assert all(len(line) <= 100 for line in text.splitlines())
+
+
+def test_changelog_keeps_a_changelog() -> None:
+    check_changelog((ROOT / "CHANGELOG.md").read_text(encoding="utf-8"))
+
+
+def changelog(*headings: str, note: str = "") -> str:
+    """A minimal changelog with these release headings, each with a link reference."""
+    head = "# Changelog\n\n[Keep a Changelog](https://keepachangelog.com/en/1.1.0/)\n\n"
+    body = "".join(f"## {h}\n\n{note}### Added\n\n- Something.\n\n" for h in headings)
+    links = "".join(
+        f"[{h.split(']')[0][1:]}]: https://example.com/{h.split(']')[0][1:]}\n" for h in headings
+    )
+    return head + body + links
+
+
+def test_changelog_asks_for_the_first_release_note_only_before_a_release() -> None:
+    # After the first release: [Unreleased] collects the next changes, no note needed.
+    check_changelog(changelog("[Unreleased]", f"[{VERSION}] - 2026-01-31"))
+    check_changelog(changelog(f"[{VERSION}] - 2026-01-31"))
+    # Before it: [Unreleased] must say which version it becomes.
+    check_changelog(changelog("[Unreleased]", note=f"The first release, {VERSION}.\n\n"))
+    with pytest.raises(AssertionError):
+        check_changelog(changelog("[Unreleased]"))
