@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import weakref
 
 import pytest
 from support import FakeSource, account, samples, value
 
 from exporter import __version__
 from exporter.core.config import Config
-from exporter.core.model import FetchError, Reason
+from exporter.core.model import FetchError, Reason, Snapshot, UsageBytes
+from exporter.core.state import ExporterState
 from exporter.web.server import (
     Settings,
+    _freeze_when_ready,
     accepts_gzip,
     check_telemetry_path,
     create_app,
@@ -332,4 +335,40 @@ async def test_the_collector_view_is_frozen_once_every_account_has_polled(aiohtt
         assert (await client.get("/-/ready")).status == 200
         assert gc.get_freeze_count() > before
     finally:
+        gc.unfreeze()
+
+
+class _Cycle:
+    """Half of a reference cycle, which only the cycle collector can free."""
+
+    def __init__(self) -> None:
+        self.other: object = self
+
+
+async def test_survivors_are_refrozen_and_a_full_collection_comes_round() -> None:
+    """Objects made after the first freeze are frozen by the next re-freeze; a cycle frozen
+    while alive and dropped later is collected by the periodic full collection only."""
+    state = ExporterState([account("a")])
+    usage = UsageBytes(allocated=1, capacity=2, used=1)
+    state.record(Snapshot("a", "overview", time.time(), 0.05, "t", result=usage))
+    assert state.ready
+    freezer = asyncio.create_task(_freeze_when_ready(state, refreeze=0.02, full=0.5))
+    try:
+        await asyncio.sleep(0.05)  # frozen once
+        cycle = _Cycle()
+        collected = asyncio.Event()
+        finalizer = weakref.finalize(cycle, collected.set)
+        frozen = gc.get_freeze_count()
+        for _ in range(100):  # the next re-freeze takes the new cycle in
+            await asyncio.sleep(0.01)
+            if gc.get_freeze_count() > frozen:
+                break
+        assert gc.get_freeze_count() > frozen
+        del cycle
+        gc.collect()  # what the automatic collector does: the frozen cycle survives it
+        assert finalizer.alive
+        async with asyncio.timeout(3):
+            await collected.wait()  # the full collection came round and freed it
+    finally:
+        freezer.cancel()
         gc.unfreeze()

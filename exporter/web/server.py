@@ -37,6 +37,9 @@ from .guard import (
 from .landing import render_landing
 from .webconfig import WebConfig
 
+# See _freeze_when_ready.
+REFREEZE_EVERY = 1.0
+FULL_COLLECTION_EVERY = 3600.0
 RESERVED_PATHS = frozenset({"/", "/-/healthy", "/-/ready", "/-/reload"})
 
 
@@ -205,16 +208,38 @@ def _report(task: asyncio.Task[object], log: structlog.typing.FilteringBoundLogg
         log.error("reload_failed", errors=[_unexpected(task.exception())])  # type: ignore[arg-type]
 
 
-async def _freeze_when_ready(state: ExporterState) -> None:
-    """Once every account has polled, move what exists (modules, config, the loop's
-    machinery, the accounts' state) out of the garbage collector's view: a full collection
-    otherwise walks all of it, about 200 ms with 10,000 accounts, with the loop stopped.
-    What lives that long lives for good; acyclic garbage is still freed by reference
-    counting, and new objects are collected as before."""
+async def _freeze_when_ready(
+    state: ExporterState,
+    refreeze: float = REFREEZE_EVERY,
+    full: float = FULL_COLLECTION_EVERY,
+) -> None:
+    """Keep what lives long out of the garbage collector's view, so that no collection has
+    to walk it with the loop stopped.
+
+    Once every account has polled, everything that exists (modules, config, the loop's
+    machinery, the accounts' state) is frozen. Polls keep making long-lived objects (each
+    loop's sleep: its future, timer handle and context; each snapshot), tens of thousands
+    an interval at 10,000 accounts, and a full collection of them took 60-100 ms every few
+    seconds (bench/live.py, 20 s interval). So every `refreeze` seconds the young
+    generations are collected (a few ms: a second's worth of objects) and what survived
+    is frozen too; acyclic garbage is still
+    freed by reference counting, frozen or not. A cycle frozen while alive that dies later
+    would never be collected, so every `full` seconds everything is unfrozen and collected
+    once: one full collection an hour instead of one every few seconds."""
     while not state.ready:  # noqa: ASYNC110 - a property of the state, not an event
         await asyncio.sleep(1.0)
     gc.collect()
     gc.freeze()
+    last_full = time.monotonic()
+    while True:
+        await asyncio.sleep(refreeze)
+        if time.monotonic() - last_full >= full:
+            gc.unfreeze()
+            gc.collect()
+            last_full = time.monotonic()
+        else:
+            gc.collect(1)
+        gc.freeze()
 
 
 def check_telemetry_path(path: str) -> None:
