@@ -15,6 +15,8 @@ from exporter.core.config import Config
 from exporter.core.model import FetchError, Reason, Snapshot, UsageBytes
 from exporter.core.state import ExporterState
 from exporter.web.server import (
+    NEGOTIATED,
+    NEGOTIATED_SIZE,
     Settings,
     _freeze_when_ready,
     accepts_gzip,
@@ -225,6 +227,32 @@ async def test_gzip_scrape(aiohttp_client, logs) -> None:
 )
 def test_wants_openmetrics(header: str, openmetrics: bool) -> None:
     assert wants_openmetrics(header) is openmetrics
+
+
+async def test_varied_accept_headers_are_each_answered_right_in_bounded_memory(
+    aiohttp_client, logs
+) -> None:
+    """The negotiation is remembered per header pair; a client cycling through headers gets
+    the right body every time and the memory stays at NEGOTIATED_SIZE pairs."""
+    client = await aiohttp_client(app_with(FakeSource(), logs, [account("a", interval=5)]))
+    for index in range(3 * NEGOTIATED_SIZE):
+        openmetrics = index % 2 == 0
+        accept = (
+            f"application/openmetrics-text;version=1.0.0;q=0.{index % 9 + 1}"
+            if openmetrics
+            else f"text/plain;version=0.0.4;q=0.{index % 9 + 1}"
+        )
+        encoding = "gzip" if index % 3 == 0 else f"identity;q=0.{index % 7 + 1}"
+        response = await client.get(
+            "/metrics",
+            headers={"Accept": accept, "Accept-Encoding": encoding},
+            auto_decompress=False,
+        )
+        assert (response.headers["Content-Type"] == OPENMETRICS_TYPE) is openmetrics
+        assert (response.headers.get("Content-Encoding") == "gzip") is (index % 3 == 0)
+        assert len(client.app[NEGOTIATED]) <= NEGOTIATED_SIZE
+    again = await client.get("/metrics", headers={"Accept": PROMETHEUS_3})
+    assert again.headers["Content-Type"] == OPENMETRICS_TYPE
 
 
 async def test_openmetrics_scrape_plain_and_gzipped(aiohttp_client, logs) -> None:

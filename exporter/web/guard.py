@@ -84,12 +84,12 @@ BODY_PIECE = 64 * 1024
 # buffer on a healthy connection takes it whole (a gzip body of ~1,700 accounts), and a client
 # that does not read pins no more than two pieces would.
 SINGLE_WRITE = 2 * BODY_PIECE
-# What the transports of connections whose client is not keeping up (paused writers) may hold
-# in all. A larger body goes out in one write, as fast as a body can (piecewise writes cost a
-# 0.6 MB body half of its throughput, bench/suite.py), while the paused connections hold less
-# than this; past it, in pieces. Prometheus drains a body within milliseconds, so only
-# stalled or very slow clients count against it: a flood of them costs this plus a piece
-# each, not a body each.
+# How much of larger bodies may be in flight in one write each, in all. One write is as fast as
+# a body can go (piecewise writes cost a 0.6 MB body half of its throughput, bench/suite.py),
+# but the transport of a client that does not read keeps what the kernel did not take; so a
+# body counts against this from its write until it has drained, and past it bodies go out in
+# pieces. Prometheus drains a body within milliseconds, so only stalled or very slow clients
+# hold the budget for long: a flood of them costs this plus a piece each, not a body each.
 WRITE_BUDGET = 32 * 1024 * 1024
 # Beyond the stall deadline, a whole body must go out at this average rate (after the first
 # write_timeout), so a client that reads a trickle cannot hold a scrape slot for long: 5.7 MB
@@ -312,8 +312,8 @@ class HttpGuard:
         self._per_address: dict[str, int] = {}
         self.refused = 0
         self.evicted = 0
-        # Connections whose transport paused our writes (the client is not keeping up), and
-        # what their buffers held when they paused: the write budget's account.
+        # Connections whose transport paused our writes (the client is not keeping up), for
+        # the stall sweep; and the bytes of bodies in flight in one write (the budget's use).
         self.paused: set[GuardProtocol] = set()
         self.held = 0
 
@@ -422,17 +422,12 @@ class HttpGuard:
 
     def paused_writing(self, connection: GuardProtocol) -> None:
         transport = connection.app_transport
-        held = transport.get_write_buffer_size() if transport is not None else 0
-        connection.held = connection.buffered = held
+        connection.buffered = transport.get_write_buffer_size() if transport is not None else 0
         connection.stalled_since = time.monotonic()
-        self.held += held
         self.paused.add(connection)
 
     def resumed_writing(self, connection: GuardProtocol) -> None:
-        if connection in self.paused:
-            self.paused.discard(connection)
-            self.held -= connection.held
-            connection.held = 0
+        self.paused.discard(connection)
 
     def admit(self, connection: GuardProtocol) -> bool:
         """Register a new connection; at the cap, evict an unproductive one or refuse."""
@@ -560,9 +555,14 @@ class HttpGuard:
             connection.body_deadline = time.monotonic() + self.write_timeout + size / MIN_SEND_RATE
         try:
             if self.held + size <= self.write_budget:
+                # Reserved before the first await, so scrapes that start meanwhile see it.
+                self.held += size
                 response: web.StreamResponse = web.Response(body=body, headers=headers)
-                await response.prepare(request)
-                await response.write_eof()
+                try:
+                    await response.prepare(request)
+                    await response.write_eof()  # returns once the transport has drained
+                finally:
+                    self.held -= size
                 return response
             response = web.StreamResponse(headers=headers)
             response.content_length = size
@@ -653,7 +653,6 @@ class GuardProtocol(asyncio.Protocol):
         "body_deadline",
         "buffered",
         "busy",
-        "held",
         "owed_since",
         "stalled_since",
     )
@@ -672,10 +671,8 @@ class GuardProtocol(asyncio.Protocol):
         self.owed_since: float | None = None
         self.busy = 0
         self._sans: frozenset[str] | None = None
-        # Write-side watch (HttpGuard.close_stalled): what the transport held when it paused
-        # (counted against the write budget), its smallest size since, when it last shrank,
-        # and when the body being written must be out.
-        self.held = 0
+        # Write-side watch (HttpGuard.close_stalled): the transport's smallest buffer size
+        # since it paused, when it last shrank, and when the body being written must be out.
         self.buffered = 0
         self.stalled_since = 0.0
         self.body_deadline: float | None = None
