@@ -59,6 +59,7 @@ from suite import (
     free_port,
     polls_done,
     process,
+    summarize,
     wait_http,
     wrk,
 )
@@ -326,14 +327,6 @@ def scrape_scenario(
         f" | {f1(pct(healthy, 99))} / {f1(max(healthy, default=math.nan))} | {landed:.0f} | "
         f"{'; '.join(n for n in notes if n)} |"
     )
-
-
-def summarize(results: list[dict]) -> dict:
-    summary = {"rps": statistics.median(r["rps"] for r in results)}
-    for key in ("p50", "p99"):
-        values = [r[key] for r in results if r[key] == r[key]]
-        summary[key] = statistics.median(values) if values else float("nan")
-    return summary
 
 
 def throughput_scenario(

@@ -108,13 +108,26 @@ def ms(value: float) -> str:
     return "timeout" if value != value else f"{value:.2f}"
 
 
-def median_runs(url: str, runs: int, seconds: int, headers: tuple[str, ...] = ()) -> dict:
-    results = [wrk(url, seconds, headers=headers) for _ in range(runs)]
+def summarize(results: list[dict]) -> dict:
     summary = {"rps": statistics.median(r["rps"] for r in results)}
     for key in ("p50", "p99"):
         values = [r[key] for r in results if r[key] == r[key]]
         summary[key] = statistics.median(values) if values else float("nan")
     return summary
+
+
+def median_runs(url: str, runs: int, seconds: int, headers: tuple[str, ...] = ()) -> dict:
+    return summarize([wrk(url, seconds, headers=headers) for _ in range(runs)])
+
+
+def interleaved(targets: dict[str, tuple[str, tuple[str, ...]]], runs: int, seconds: int) -> dict:
+    """Medians per target of `runs` wrk runs taken in turn (a, b, c, a, b, c, ...), so drift
+    on a shared machine hits every target alike and their ratios stay meaningful."""
+    results: dict[str, list[dict]] = {key: [] for key in targets}
+    for _ in range(runs):
+        for key, (url, headers) in targets.items():
+            results[key].append(wrk(url, seconds, headers=headers))
+    return {key: summarize(values) for key, values in results.items()}
 
 
 def write_config(directory: Path, accounts: int, endpoint: str, interval: str) -> Path:
@@ -211,27 +224,31 @@ def main() -> None:
                 facts.append(f"start to ready, {size} accounts: {info['ready']:.2f} s")
                 time.sleep(1)
                 rss[size] = rss_bytes(info["pid"])
-                targets = {"koodrive-exporter": f"{info['url']}/metrics"}
-                gzip_header = ("Accept-Encoding: gzip",)
-                ours = median_runs(targets["koodrive-exporter"], args.runs, args.seconds)
-                ours_gz = median_runs(targets["koodrive-exporter"], args.runs, args.seconds,
-                                      gzip_header)  # fmt: skip
-                # The ceiling serves exactly these bytes, without any logic.
-                subprocess.run(["curl", "-s", "-o", str(body_file), targets["koodrive-exporter"]],
-                               check=True)  # fmt: skip
+                metrics = f"{info['url']}/metrics"
+                # The ceiling serves exactly these bytes, without any logic, measured in turn
+                # with the exporter's runs while the exporter is up.
+                subprocess.run(["curl", "-s", "-o", str(body_file), metrics], check=True)
+                port = free_port()
+                with process(PY, str(ROOT / "bench" / "peers.py"), "ceiling", "--body",
+                             str(body_file), "--port", str(port)):  # fmt: skip
+                    ceiling_url = f"http://127.0.0.1:{port}/metrics"
+                    wait_http(ceiling_url, timeout=120)
+                    measured = interleaved(
+                        {"ours": (metrics, ()), "ours-gz": (metrics, ("Accept-Encoding: gzip",)),
+                         "ceiling": (ceiling_url, ())},
+                        args.runs, args.seconds,
+                    )  # fmt: skip
+                ours, ours_gz = measured["ours"], measured["ours-gz"]
                 if size == max(sizes):
                     per_poll, share = cpu_per_poll(info, 20.0)
                     facts.append(
                         f"{size} accounts at a 60 s interval: exporter CPU {share * 100:.2f} % "
                         f"of one core, {per_poll:.0f} µs per poll all included"
                     )
-            peers = {}
-            for kind in ("ceiling", "stock", "aio"):
+            peers = {"ceiling": measured["ceiling"]}
+            for kind in ("stock", "aio"):
                 port = free_port()
-                source = (
-                    ["--body", str(body_file)] if kind == "ceiling" else ["--accounts", str(size)]
-                )
-                with process(PY, str(ROOT / "bench" / "peers.py"), kind, *source,
+                with process(PY, str(ROOT / "bench" / "peers.py"), kind, "--accounts", str(size),
                              "--port", str(port)):  # fmt: skip
                     wait_http(f"http://127.0.0.1:{port}/metrics", timeout=120)
                     peers[kind] = median_runs(f"http://127.0.0.1:{port}/metrics", args.runs,
