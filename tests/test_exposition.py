@@ -624,6 +624,44 @@ async def test_settled_chunks_are_compressed_between_scrapes(monkeypatch) -> Non
     assert sum(compressed) < settled / 5  # the scrape compressed the tail, not the chunk
 
 
+async def test_a_reload_to_fewer_chunks_while_one_is_dirty_renders() -> None:
+    """A chunk dirty in the old layout may not exist in the new one (fewer accounts)."""
+    names = [f"tenant-{i:05d}" for i in range(3 * CHUNK)]
+    state = ExporterState(accounts(*names))
+    exposition = Exposition(state, process_metrics=False)
+    for name in names:
+        state.record(ok(name, at=clock.time(), used=10**9))
+    exposition.render(TEXT)
+    state.record(ok(names[-1], at=clock.time(), used=2 * 10**9))  # dirties the third chunk
+    state.set_accounts(accounts(*names[:10]))
+    body = (await exposition.render_async(TEXT)).decode()
+    assert body.count("koodrive_up{") == 10
+
+
+async def test_segments_stay_bounded_when_no_scrape_asks_for_gzip(monkeypatch) -> None:
+    """settle() compresses chunks ahead of scrapes; if none ever asks for gzip, the cache
+    must still drop the segments of chunks rendered anew."""
+    monkeypatch.setattr(exposition_module, "SETTLE_PERIOD", 0.001)
+    monkeypatch.setattr(exposition_module, "SETTLE_QUIET", 0.0)
+    names = [f"tenant-{i:05d}" for i in range(4 * CHUNK)]
+    state = ExporterState(accounts(*names))
+    exposition = Exposition(state, process_metrics=False)
+    settling = asyncio.create_task(exposition.settle())
+    try:
+        for round_ in range(12):
+            for name in names:
+                state.record(ok(name, at=clock.time(), used=10**9 + round_))
+            exposition.render(TEXT)  # plain scrapes only
+            for _ in range(200):
+                await asyncio.sleep(0.002)
+                if not exposition._dirty:
+                    break
+            held = sum(len(segment) for _, segment in exposition._segments.values())
+            assert held < 2 * len(gzip.compress(exposition.render(TEXT)))
+    finally:
+        settling.cancel()
+
+
 async def longest_stall(done: asyncio.Event) -> float:
     """The longest the loop took to come back to this task, until `done` is set."""
     longest = 0.0

@@ -251,6 +251,35 @@ async def test_scrape_slot_is_held_until_the_body_is_written(tmp_path: Path) -> 
         assert (status, len(body)) == (200, len(big))
 
 
+async def test_tls_scrapers_that_never_read_get_pieces_and_are_cut(tmp_path: Path) -> None:
+    """Over TLS a body goes out in pieces, whatever the budget: the TLS layer would hand a
+    single write to the socket's transport at once, where no pause is seen. The pieces
+    pause the TLS transport, so the sweep cuts clients that read nothing."""
+    big = b"#" * (8 << 20)
+    async with serving(tmp_path, TLS_ONLY, write_timeout=1.0) as served:
+        served.app[EXPOSITION].render = lambda *_, gzipped=False: big  # type: ignore[method-assign]
+        guard = served.app[GUARD]
+        stalled = []
+        for _ in range(4):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port_of(served)))
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_connection(
+                sock=sock, ssl=served.client_context(), server_hostname="127.0.0.1"
+            )
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.append((reader, writer))
+        await wait_for(lambda: len(guard.paused) == 4, 5)
+        assert guard.held == 0  # nothing went out in one write
+        for connection in guard.paused:
+            assert connection.tls
+            assert connection.app_transport.get_write_buffer_size() < 1 << 20
+        await wait_for(lambda: guard._scrapes == 0 and not guard.paused, 5)
+        for _, writer in stalled:
+            writer.transport.abort()
+
+
 @pytest.mark.parametrize("budget", [64 << 20, 0], ids=["one write", "pieces"])
 async def test_a_slow_reader_that_keeps_reading_gets_the_whole_body(
     tmp_path: Path, budget: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import gc
 import inspect
 import itertools
 import math
@@ -558,6 +559,44 @@ async def test_a_batch_of_polls_stays_small_when_slots_are_dense(logs) -> None:
     batches = collections.Counter(later)
     assert max(batches.values()) <= BATCH + 1
     assert statistics.median(batches.values()) >= BATCH - 1  # still batched
+
+
+@on_virtual_time
+async def test_a_reload_spreads_old_and_new_accounts_over_the_interval_again(logs) -> None:
+    source = FakeSource()
+    first = [account(f"a{i}", interval=1.0) for i in range(4)]
+    poller, _ = make_poller(first, source, logs)
+    poller.start()
+    try:
+        await asyncio.sleep(2.05)
+        added = [account(f"b{i}", interval=1.0) for i in range(4)]
+        await poller.update([*first, *added])
+        await asyncio.sleep(3.0)
+    finally:
+        await poller.stop()
+    # Two intervals after the reload, eight accounts in eight slots, an eighth apart.
+    last = sorted(round(source.calls[a.name][-1] % 1.0, 6) for a in [*first, *added])
+    assert last == exactly([snap(i / 8, 1.0) for i in range(8)])
+
+
+@on_virtual_time
+async def test_a_failed_poll_leaves_no_reference_cycle(logs) -> None:
+    """The error kept across the backoff sleep holds no frame: a re-freeze of the garbage
+    collector's view (web/server.py) catching a poll mid-retry must not freeze a cycle that
+    only a full collection could free."""
+    source = FakeSource()
+    source.behaviour["a"] = [FetchError(Reason.CONNECTION, "refused") for _ in range(150)]
+    poller, _ = make_poller([account("a", interval=1.0, retries=2, backoff=0.01)], source, logs)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            await poller.poll_once(account("a", interval=1.0, retries=2, backoff=0.01))
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert len(source.calls["a"]) == 150  # every poll retried twice
+    assert found < 50, f"{found} objects in cycles after 50 failed polls"
 
 
 @on_virtual_time

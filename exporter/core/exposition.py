@@ -27,7 +27,7 @@ import math
 import struct
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
@@ -317,10 +317,15 @@ class Exposition:
         those of pieces they no longer use (a re-rendered chunk is a new piece)."""
         if done.cancelled() or done.exception() is not None:
             return
+        self._remember(pieces, done.result()[1])
+
+    def _remember(self, pieces: Sequence[bytes], segments: Sequence[bytes]) -> None:
+        """Keep the segments of pieces in use (in a body, or a chunk's current bytes) and
+        drop every other: the cache never holds more than about one body's worth."""
         live = {id(piece) for body in self._bodies for piece in body.pieces}
         live.update(id(piece) for family in self._chunks for piece in family)
         kept = {key: entry for key, entry in self._segments.items() if key in live}
-        for piece, segment in zip(pieces, done.result()[1], strict=True):
+        for piece, segment in zip(pieces, segments, strict=True):
             if id(piece) in live:
                 kept[id(piece)] = (piece, segment)
         self._segments = kept
@@ -355,10 +360,7 @@ class Exposition:
         if not rendered:
             return
         segments = await asyncio.to_thread(lambda: [_deflate(piece) for piece in rendered])
-        current = {id(piece) for family in self._chunks for piece in family}
-        for piece, segment in zip(rendered, segments, strict=True):
-            if id(piece) in current:  # not re-rendered meanwhile
-                self._segments[id(piece)] = (piece, segment)
+        self._remember(rendered, segments)
 
     async def _render_dirty(self) -> None:
         """Re-join the chunks dirty now one at a time, yielding to the loop after each, so
@@ -470,7 +472,8 @@ class Exposition:
             if deadline >= now
         ]
         heapq.heapify(self._stale_heap)
-        self._dirty.update(range(chunks))
+        # Anew: a chunk of the old layout may not exist in this one (fewer accounts).
+        self._dirty = set(range(chunks))
 
     def _refresh(self, index: int, now: float) -> None:
         name = self._names[index]

@@ -144,8 +144,9 @@ class Poller:
         # One loop per (account, collector), the account's loops under its name.
         self._tasks: dict[str, list[asyncio.Task[None]]] = {}
         # Where the slots of every account's loop are counted from (loop time at start),
-        # and how many accounts share the slots.
+        # each account's place in them (0 <= phase < 1), and how many accounts share them.
         self._anchor = 0.0
+        self._phases: dict[str, float] = {}
         self._accounts = 1
         # Requests in flight over all accounts: thousands of accounts must not open
         # thousands of connections at once (backoff sleeps do not hold a slot).
@@ -157,9 +158,17 @@ class Poller:
         if self._startup_window is None:
             self._startup_window = startup_window(len(accounts))
         self._anchor = asyncio.get_running_loop().time()
-        self._accounts = max(1, len(accounts))
-        for index, account in enumerate(accounts):
-            self._start(account, index / len(accounts))
+        self._place(account.name for account in accounts)
+        for account in accounts:
+            self._start(account)
+
+    def _place(self, names: Iterable[str]) -> None:
+        """Every account's slot by its place in the list: spread evenly, in body order. On
+        a reload every account moves to its new place (at its next poll), so added ones do
+        not pile onto the slots of those already there."""
+        order = list(names)
+        self._phases = {name: index / len(order) for index, name in enumerate(order)}
+        self._accounts = max(1, len(order))
 
     async def stop(self) -> None:
         await self._cancel(list(self._tasks))
@@ -184,17 +193,15 @@ class Poller:
         await self._cancel(removed + changed)
         self._source.forget([old[n] for n in removed + changed], [old[n] for n in unchanged])
         self._state.set_accounts(new.values())
-        places = {name: index / len(new) for index, name in enumerate(new)}
-        self._accounts = max(1, len(new))
+        self._place(new)
         for name in added + changed:
-            self._start(new[name], places[name])
+            self._start(new[name])
         return len(added), len(removed), len(changed)
 
-    def _start(self, account: AccountConfig, phase: float) -> None:
+    def _start(self, account: AccountConfig) -> None:
         self._tasks[account.name] = [
             asyncio.create_task(
-                self._run(account, collector, phase),
-                name=f"poll:{account.name}:{collector.name}",
+                self._run(account, collector), name=f"poll:{account.name}:{collector.name}"
             )
             for collector in account.collectors
         ]
@@ -205,7 +212,7 @@ class Poller:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, account: AccountConfig, collector: CollectorConfig, phase: float) -> None:
+    async def _run(self, account: AccountConfig, collector: CollectorConfig) -> None:
         loop = asyncio.get_running_loop()
         interval = collector.interval
         window = self._startup_window if self._startup_window is not None else 0.0
@@ -217,6 +224,7 @@ class Poller:
             # each poll takes the account's slot at least half an interval after the last
             # one started (0.5-1.5 intervals after the first; exactly one interval after a
             # poll that started in its slot; at once after one that overran its slot).
+            phase = self._phases.get(account.name, 0.0)
             due = next_slot(started + interval / 2, self._anchor, phase, interval)
             if snapshot.retry_after is not None:  # never undercut the upstream's wish...
                 deferral = self._deferral(account, collector, snapshot.retry_after)
@@ -271,7 +279,11 @@ class Poller:
             try:
                 result = await self._attempt(account, endpoint, trace_id)
             except FetchError as exc:
-                error = exc
+                # Kept across the backoff sleep, so without its traceback and the exception
+                # it was raised from: holding no frame, it forms no reference cycle, which a
+                # re-freeze of the collector's view (web/server.py) would catch alive.
+                error = exc.with_traceback(None)
+                error.__cause__ = error.__context__ = None
             else:
                 error = None
                 break

@@ -554,13 +554,17 @@ class HttpGuard:
         if connection is not None:
             connection.body_deadline = time.monotonic() + self.write_timeout + size / MIN_SEND_RATE
         try:
-            if self.held + size <= self.write_budget:
+            # One write only on plain TCP: there the transport that keeps what the kernel did
+            # not take is the one whose pauses the sweep sees. With TLS the layer hands a
+            # whole write to the socket's transport below it at once, unpaused and unseen,
+            # so TLS bodies go out in pieces, which pause the TLS transport itself.
+            if not connection_tls(connection) and self.held + size <= self.write_budget:
                 # Reserved before the first await, so scrapes that start meanwhile see it.
                 self.held += size
-                response: web.StreamResponse = web.Response(body=body, headers=headers)
                 try:
+                    response: web.StreamResponse = web.Response(body=body, headers=headers)
                     await response.prepare(request)
-                    await response.write_eof()  # returns once the transport has drained
+                    await response.write_eof()  # returns once the buffer is below low water
                 finally:
                     self.held -= size
                 return response
@@ -714,6 +718,10 @@ class GuardProtocol(asyncio.Protocol):
         transport.set_protocol(layer)
         layer.connection_made(transport)
 
+    @property
+    def tls(self) -> bool:
+        return self.app_transport is not self._raw
+
     def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
         failed = waiter.cancelled() or waiter.exception() is not None
         if failed or self._inner is None:  # a lost connection ends the handshake "cleanly"
@@ -804,6 +812,11 @@ class GuardProtocol(asyncio.Protocol):
         self.owed_since = None
         if self._raw is not None:
             self._raw.abort()
+
+
+def connection_tls(connection: GuardProtocol | None) -> bool:
+    """Whether the connection speaks TLS (unknown connections count as TLS: pieces)."""
+    return connection is None or connection.tls
 
 
 def san_allowed(transport: asyncio.BaseTransport, allowed: frozenset[str]) -> bool:
