@@ -5,8 +5,10 @@ accounts: about 30 ms for collect and render, 2026-11-30 on this project's 2-cor
 synchronously on the event loop). Here the lines of an account are rendered when its poll
 lands (tens of microseconds, spread over the interval as the polls are); the next scrape
 re-joins the changed accounts' chunks (CHUNK accounts each) with the ready-made bytes of the
-others, and compresses a large body in a worker thread (zlib releases the GIL), so the
-event loop keeps answering probes and landing polls meanwhile. Metrics the table marks
+others, and gzips a large body in a worker thread (zlib releases the GIL) from deflate
+segments cached per piece, so only changed chunks are compressed; chunks whose polls have
+all landed are compressed between scrapes (settle). The event loop keeps answering probes
+and landing polls meanwhile. Metrics the table marks
 `stale` leave the body once their collector's last success is older than its stale_after,
 which a deadline heap notices without looking at every account. The process and GC
 metrics come from prometheus_client's own collectors, refreshed at most once a second.
