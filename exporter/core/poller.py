@@ -144,10 +144,9 @@ class Poller:
         # One loop per (account, collector), the account's loops under its name.
         self._tasks: dict[str, list[asyncio.Task[None]]] = {}
         # Where the slots of every account's loop are counted from (loop time at start),
-        # each account's place in them (0 <= phase < 1), and how many accounts share them.
+        # and each account's place in them (0 <= phase < 1).
         self._anchor = 0.0
         self._phases: dict[str, float] = {}
-        self._accounts = 1
         # Requests in flight over all accounts: thousands of accounts must not open
         # thousands of connections at once (backoff sleeps do not hold a slot).
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -168,7 +167,6 @@ class Poller:
         not pile onto the slots of those already there."""
         order = list(names)
         self._phases = {name: index / len(order) for index, name in enumerate(order)}
-        self._accounts = max(1, len(order))
 
     async def stop(self) -> None:
         await self._cancel(list(self._tasks))
@@ -229,7 +227,7 @@ class Poller:
             if snapshot.retry_after is not None:  # never undercut the upstream's wish...
                 deferral = self._deferral(account, collector, snapshot.retry_after)
                 due = max(due, loop.time() + deferral)
-            tick = min(TICK, interval / 20, BATCH * interval / self._accounts)
+            tick = min(TICK, interval / 20, BATCH * interval / max(1, len(self._phases)))
             due = math.ceil(due / tick - 1e-9) * tick  # a slot on a tick (give or take an ulp)
             await asyncio.sleep(max(0.0, due - loop.time()))
 
