@@ -22,7 +22,7 @@ from .core.config import Config, ConfigError, load_config
 from .core.sharding import resolve_index
 from .log import FORMATS, LEVELS, make_logger, route_stdlib_logging
 from .signals import Signals
-from .web.guard import MAX_CONNECTIONS
+from .web.edge import MAX_CONNECTIONS
 from .web.server import (
     Settings,
     check_telemetry_path,

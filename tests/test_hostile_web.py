@@ -43,7 +43,8 @@ from support import (
 )
 
 from exporter.core.config import Config
-from exporter.web.server import EXPOSITION, GUARD, Settings, create_app, serve
+from exporter.web.edge import BODY_PIECE
+from exporter.web.server import ACCESS, EDGE, EXPOSITION, Settings, create_app, serve
 
 AUTH_ONLY = f"basic_auth_users:\n  alice: {HASH}\n"
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -92,8 +93,8 @@ async def test_tls_handshake_counts_against_the_head_deadline(tmp_path: Path) ->
         pending = [await open_raw(served) for _ in range(30)]
         for reader, _ in pending:
             assert await closed_within(reader, 3) == b""
-        assert time.monotonic() - started < 1.5  # 0.5 s deadline + one sweep period
-        await wait_for(lambda: not served.app[GUARD].connections, 2)
+        assert time.monotonic() - started < 1.5  # the 0.5 s deadline, with room for a busy CI
+        await wait_for(lambda: not served.app[EDGE].connections, 2)
         for _, writer in pending:
             writer.close()
 
@@ -103,38 +104,42 @@ async def test_connection_cap_evicts_unfinished_connections_and_probes_still_ans
 ) -> None:
     """Three times the cap in never-handshaking connections; probes keep answering."""
     async with serving(tmp_path, TLS_ONLY, max_connections=40) as served:
-        guard = served.app[GUARD]
+        edge = served.app[EDGE]
         flood = [await open_raw(served, "127.0.0.2") for _ in range(120)]
         await asyncio.sleep(0.1)
-        assert len(guard.connections) == 40
-        assert guard.refused == 80  # the flooding address holds them all: refused at once
+        assert len(edge.connections) == 40
+        assert edge.refused == 80  # the flooding address holds them all: refused at once
         for _ in range(5):
             started = time.monotonic()
             assert (await fetch(served, "/-/healthy"))[0] == 200
             assert (await fetch(served, "/metrics"))[0] == 200
             assert time.monotonic() - started < 1.0
         # The first probe evicted the flood's oldest connection; the slot stayed free after.
-        assert guard.evicted == 1
+        assert edge.evicted == 1
         assert await closed_within(flood[0][0], 1) == b""
         for _, writer in flood:
             writer.close()
 
 
-async def test_pending_tls_connections_cost_little_memory(tmp_path: Path) -> None:
-    """asyncio's TLS layer would allocate 256 KiB per connection; ours reads through 16 KiB."""
-    async with serving(tmp_path, TLS_ONLY) as served:
+async def test_pending_tls_connections_cost_at_most_the_cap(tmp_path: Path) -> None:
+    """asyncio's TLS layer allocates 256 KiB per connection (its public API has no knob):
+    the connection cap is what bounds them, the flooding address refused past it."""
+    async with serving(tmp_path, TLS_ONLY, max_connections=100) as served:
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            pending = [await open_raw(served, "127.0.0.3") for _ in range(200)]
-            await wait_for(lambda: len(served.app[GUARD].connections) == 200, 5)
-            per_connection = (tracemalloc.get_traced_memory()[0] - before) / 200
+            pending = [await open_raw(served, "127.0.0.3") for _ in range(300)]
+            await wait_for(lambda: served.app[EDGE].refused == 200, 5)
+            await asyncio.sleep(0.1)
+            held = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
+        assert len(served.app[EDGE].connections) == 100
+        assert (await fetch(served, "/-/healthy"))[0] == 200  # another address gets in
         for _, writer in pending:
             writer.close()
-        print(f"{per_connection / 1024:.0f} KiB per pending TLS connection")
-        assert per_connection < 48 * 1024, f"{per_connection / 1024:.0f} KiB per connection"
+        print(f"{held / 100 / 1024:.0f} KiB per pending TLS connection")
+        assert held < 100 * 300 * 1024, f"{held / 1024 / 1024:.1f} MiB for 100 connections"
 
 
 async def test_new_connection_is_refused_when_every_connection_is_busy(tmp_path: Path) -> None:
@@ -145,10 +150,10 @@ async def test_new_connection_is_refused_when_every_connection_is_busy(tmp_path:
             reader, writer = await open_raw(served, rcvbuf=4096)
             writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             stalled.append((reader, writer))
-        await wait_for(lambda: all(c.busy for c in served.app[GUARD].connections), 3)
+        await wait_for(lambda: all(c.busy for c in served.app[EDGE].connections), 3)
         reader, writer = await open_raw(served)
         assert await closed_within(reader, 1) == b""
-        assert served.app[GUARD].refused >= 1
+        assert served.app[EDGE].refused >= 1
         for _, w in (*stalled, (reader, writer)):
             w.close()
 
@@ -212,37 +217,25 @@ async def test_head_size_is_capped(tmp_path: Path) -> None:
 async def test_scrape_slot_is_held_until_the_body_is_written(tmp_path: Path) -> None:
     """Real non-reading clients fill --web.max-requests; the next scrape gets 503.
 
-    The first gets the body in one write; once what stalled clients hold would pass the
-    write budget, the others get it in pieces, so together they hold about the budget plus
-    a piece each, not a body each.
+    Each holds about a piece in its transport, not a copy of the 8 MiB body, and the pause
+    deadline (write_timeout) closes them and frees their slots.
     """
     big = b"#" * (8 << 20)
-    budget = 12 << 20
-    settings = {"max_requests": 5, "write_timeout": 1.0, "write_budget": budget}
-    async with serving(tmp_path, "", **settings) as served:
+    async with serving(tmp_path, "", max_requests=5, write_timeout=1.0) as served:
         served.app[EXPOSITION].render = lambda *_, gzipped=False: big  # type: ignore[method-assign]
-        guard = served.app[GUARD]
+        access, edge = served.app[ACCESS], served.app[EDGE]
         stalled = []
         for _ in range(5):
             reader, writer = await open_raw(served, rcvbuf=4096)
             writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             stalled.append((reader, writer))
-        await wait_for(lambda: guard._scrapes == 5, 3)
+        await wait_for(lambda: access.scrapes == 5, 3)
         status, _, body = await fetch(served, "/metrics")
         assert (status, body) == (503, "too many concurrent scrapes\n")
-        held = sorted(
-            connection.app_transport.get_write_buffer_size()
-            for connection in guard.connections
-            if connection.busy
-        )
+        held = [c.app_transport.get_write_buffer_size() for c in edge.connections if c.busy]
         assert len(held) == 5
-        assert held[-1] > 2 << 20  # one write: the kernel took a part, the transport the rest
-        assert held[-2] < 512 * 1024  # then pieces
-        assert sum(held) <= budget + 5 * 512 * 1024
-        assert guard.held <= budget
-        # The stall deadline closes the stalled clients and frees their slots and budget.
-        await wait_for(lambda: guard._scrapes == 0, 4)
-        assert (guard.held, guard.paused) == (0, set())
+        assert max(held) <= BODY_PIECE + 64 * 1024
+        await wait_for(lambda: access.scrapes == 0, 4)
         for reader, writer in stalled:
             received = await closed_within(reader, 2)
             assert len(received) < len(big)
@@ -251,14 +244,11 @@ async def test_scrape_slot_is_held_until_the_body_is_written(tmp_path: Path) -> 
         assert (status, len(body)) == (200, len(big))
 
 
-async def test_tls_scrapers_that_never_read_get_pieces_and_are_cut(tmp_path: Path) -> None:
-    """Over TLS a body goes out in pieces, whatever the budget: the TLS layer would hand a
-    single write to the socket's transport at once, where no pause is seen. The pieces
-    pause the TLS transport, so the sweep cuts clients that read nothing."""
+async def test_tls_scrapers_that_never_read_hold_a_piece_and_are_cut(tmp_path: Path) -> None:
     big = b"#" * (8 << 20)
     async with serving(tmp_path, TLS_ONLY, write_timeout=1.0) as served:
         served.app[EXPOSITION].render = lambda *_, gzipped=False: big  # type: ignore[method-assign]
-        guard = served.app[GUARD]
+        access, edge = served.app[ACCESS], served.app[EDGE]
         stalled = []
         for _ in range(4):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -270,27 +260,23 @@ async def test_tls_scrapers_that_never_read_get_pieces_and_are_cut(tmp_path: Pat
             )
             writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             stalled.append((reader, writer))
-        await wait_for(lambda: len(guard.paused) == 4, 5)
-        assert guard.held == 0  # nothing went out in one write
-        for connection in guard.paused:
-            assert connection.tls
+        await wait_for(lambda: access.scrapes == 4, 5)
+        await asyncio.sleep(0.2)
+        for connection in edge.connections:
             assert connection.app_transport.get_write_buffer_size() < 1 << 20
-        await wait_for(lambda: guard._scrapes == 0 and not guard.paused, 5)
+        await wait_for(lambda: access.scrapes == 0, 5)
         for _, writer in stalled:
             writer.transport.abort()
 
 
-@pytest.mark.parametrize("budget", [64 << 20, 0], ids=["one write", "pieces"])
-async def test_a_slow_reader_that_keeps_reading_gets_the_whole_body(
-    tmp_path: Path, budget: int
-) -> None:
+async def test_a_slow_reader_that_keeps_reading_gets_the_whole_body(tmp_path: Path) -> None:
     """The stall deadline is for a client that reads nothing, not for one that is slow.
 
-    About 4 MiB read 128 KiB at a time over ~2.5 s, five times the write_timeout; each
+    About 4 MiB read 128 KiB at a time over ~2.5 s, over twice the write_timeout; each
     read makes room in the transport, which is what counts as progress.
     """
     big = bytes(range(256)) * (4 << 12)
-    async with serving(tmp_path, "", write_timeout=0.5, write_budget=budget) as served:
+    async with serving(tmp_path, "", write_timeout=1.0) as served:
         served.app[EXPOSITION].render = lambda *_, gzipped=False: big  # type: ignore[method-assign]
         reader, writer = await open_raw(served, rcvbuf=4096)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: identity\r\n\r\n")
@@ -303,7 +289,7 @@ async def test_a_slow_reader_that_keeps_reading_gets_the_whole_body(
             received += await reader.readexactly(min(128 * 1024, len(big) - len(received)))
             await asyncio.sleep(0.08)
         assert bytes(received) == big
-        assert time.monotonic() - started > 4 * 0.5
+        assert time.monotonic() - started > 2 * 1.0
         writer.close()
 
 
@@ -397,7 +383,7 @@ async def test_a_live_change_cannot_turn_basic_auth_off(tmp_path: Path, content:
         assert (await fetch(served, "/metrics"))[0] == 401
         await asyncio.sleep(0.01)
         (served.directory / "web.yml").write_text(content)
-        assert not served.app[GUARD].refresh()
+        assert not served.app[ACCESS].refresh()
         assert (await fetch(served, "/metrics"))[0] == 401
         assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
 
@@ -559,7 +545,7 @@ async def test_a_live_tls_tightening_applies_to_new_connections(tmp_path: Path) 
         assert (await fetch(served, "/-/healthy"))[0] == 200
         await asyncio.sleep(0.01)
         (served.directory / "web.yml").write_text(MTLS + "  min_version: TLS13\n")
-        assert served.app[GUARD].refresh()
+        assert served.app[ACCESS].refresh()
         with pytest.raises(aiohttp.ClientError):  # no client certificate: refused now
             await fetch(served, "/-/healthy")
         with_cert = served.client_context()
@@ -578,13 +564,13 @@ async def test_a_live_change_cannot_drop_client_certificates(tmp_path: Path, wea
     async with serving(tmp_path, MTLS) as served:
         await asyncio.sleep(0.01)
         (served.directory / "web.yml").write_text(weaker)
-        assert not served.app[GUARD].refresh()
+        assert not served.app[ACCESS].refresh()
         with pytest.raises(aiohttp.ClientError):
             await fetch(served, "/-/healthy")
 
 
 def test_ipv6_clients_are_counted_per_64() -> None:
-    from exporter.web.guard import client_group
+    from exporter.web.edge import client_group
 
     assert client_group("2001:db8:1:2:aaaa::1") == client_group("2001:db8:1:2:bbbb::2")
     assert client_group("2001:db8:1:2::1") != client_group("2001:db8:1:3::1")
@@ -605,7 +591,7 @@ async def test_a_busy_connection_is_not_cut_by_the_head_deadline() -> None:
         LogCapture().log,
         Settings(source_factory=lambda _s: FakeSource(), read_header_timeout=0.3),
     )
-    app.router.add_post("/slow", app[GUARD].guarded(slow))
+    app.router.add_post("/slow", app[ACCESS].guarded(app[EDGE], slow))
     stop, urls = asyncio.Event(), []
     task = asyncio.create_task(serve(app, "127.0.0.1:0", LogCapture().log, stop, urls.extend))
     await wait_for(lambda: bool(urls))

@@ -29,7 +29,7 @@ from support import (
 
 from exporter.core.config import load_config
 from exporter.sim.simulator import Simulator, start_simulator
-from exporter.web.server import GUARD, Settings, create_app
+from exporter.web.server import ACCESS, Settings, create_app
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ async def test_protect_probes(tmp_path: Path) -> None:
 
 
 async def test_verified_credentials_are_cached(served: Served) -> None:
-    auth = served.app[GUARD].auth
+    auth = served.app[ACCESS].auth
     for _ in range(5):
         assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
     assert auth.bcrypt_calls == 1
@@ -131,7 +131,7 @@ async def test_rotated_certificate_is_served_without_restart(served: Served) -> 
     before = await peer_serial()
     await asyncio.sleep(0.01)  # a new mtime, as a real rotation would have
     write_pki(served.directory, served.ca)  # same CA, new key and certificate
-    assert served.app[GUARD].refresh()
+    assert served.app[ACCESS].refresh()
     after = await peer_serial()
     assert after != before
     assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
@@ -139,7 +139,7 @@ async def test_rotated_certificate_is_served_without_restart(served: Served) -> 
 
 async def test_broken_web_config_on_reload_keeps_the_old_one(served: Served) -> None:
     (served.directory / "web.yml").write_text("basic_auth_users:\n  alice: plain\n")
-    assert not served.app[GUARD].refresh()
+    assert not served.app[ACCESS].refresh()
     assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
     assert (await fetch(served, "/metrics"))[0] == 401
 
@@ -261,7 +261,7 @@ async def test_reload_may_not_loosen_client_certificate_checks(
             await fetch(served, "/metrics", ssl=mallory)
         await asyncio.sleep(0.01)  # a new mtime
         (served.directory / "web.yml").write_text(MUTUAL_TLS_WITH_SANS.replace(*change))
-        assert not served.app[GUARD].refresh(), reason
+        assert not served.app[ACCESS].refresh(), reason
         with pytest.raises(aiohttp.ClientError):
             await fetch(served, "/metrics", ssl=mallory)
         prometheus = served.client_context()
@@ -273,7 +273,7 @@ async def test_rate_limit_answers_before_basic_auth(tmp_path: Path) -> None:
     """An empty bucket answers 429 without a bcrypt check; probes stay open for kubelet."""
     web_yaml = TLS_AND_AUTH + "rate_limit:\n  interval: 1h\n  burst: 2\n"
     async for served in serve_guarded(tmp_path, web_yaml):
-        guard = served.app[GUARD]
+        guard = served.app[ACCESS]
         assert (await fetch(served, "/metrics", headers=basic("alice", PASSWORD)))[0] == 200
         assert (await fetch(served, "/metrics", headers=basic("alice", "wrong")))[0] == 401
         calls = guard.auth.bcrypt_calls

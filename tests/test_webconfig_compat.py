@@ -26,7 +26,8 @@ from aiohttp import web
 from support import ROOT, LogCapture
 
 from exporter.core.config import ConfigError, Secret
-from exporter.web.guard import HttpGuard, TokenBucket, listen
+from exporter.web.access import Access, TokenBucket
+from exporter.web.edge import Edge, listen
 from exporter.web.webconfig import RateLimit, load_web_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webconfig"
@@ -149,16 +150,17 @@ async def _hello(_request: web.BaseRequest) -> web.StreamResponse:
 
 
 @asynccontextmanager
-async def served(path: Path) -> AsyncIterator[tuple[str, HttpGuard]]:
-    """The guard in front of a one-line handler, as a real listener on 127.0.0.1."""
+async def served(path: Path) -> AsyncIterator[tuple[str, Access, Edge]]:
+    """The edge and access control in front of a one-line handler, listening on 127.0.0.1."""
     config = load_web_config(path)
-    guard = HttpGuard(config, str(path), LogCapture().log)
-    server = web.Server(guard.guarded(_hello))
-    listener = await listen(server, guard, "127.0.0.1", 0)
+    access = Access(config, str(path), LogCapture().log)
+    edge = Edge(access.tls_choice)
+    server = web.Server(access.guarded(edge, _hello))
+    listener = await listen(server, edge, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    scheme = "https" if guard.tls else "http"
+    scheme = "https" if access.tls else "http"
     try:
-        yield f"{scheme}://127.0.0.1:{port}/", guard
+        yield f"{scheme}://127.0.0.1:{port}/", access, edge
     finally:
         listener.close()
         await server.shutdown(1)
@@ -202,26 +204,26 @@ async def handshake(url: str, context: ssl.SSLContext) -> tuple[str, int, str]:
 
 
 async def test_inline_cert_and_key_serve_tls(pki: Pki) -> None:
-    async with served(fixture(pki, "inline_cert_and_key.yml")) as (url, _):
+    async with served(fixture(pki, "inline_cert_and_key.yml")) as (url, _, _):
         assert await get(url, client(pki)) == (200, "Hello World!")
-    async with served(fixture(pki, "require_any_key_inline.yml")) as (url, _):
+    async with served(fixture(pki, "require_any_key_inline.yml")) as (url, _, _):
         # RequireAny verifies here (OpenSSL cannot skip it): no trusted client CA, no entry.
         assert (await get(url, client(pki, pki.client)))[0] == 0
 
 
 async def test_san_allow_list(pki: Pki) -> None:
-    async with served(fixture(pki, "sans_listed.yml")) as (url, _):
+    async with served(fixture(pki, "sans_listed.yml")) as (url, _, _):
         assert await get(url, client(pki, pki.client)) == (200, "Hello World!")
         assert (await get(url, client(pki)))[0] == 0  # no certificate
-    async with served(fixture(pki, "sans_not_listed.yml")) as (url, guard):
+    async with served(fixture(pki, "sans_not_listed.yml")) as (url, _, edge):
         assert (await get(url, client(pki, pki.client)))[0] == 0
         await asyncio.sleep(0.05)
-        assert not guard.connections  # closed right after the handshake
+        assert not edge.connections  # closed right after the handshake
 
 
 async def test_san_allow_list_matches_ip_addresses(pki: Pki) -> None:
     path = fixture(pki, "sans_not_listed.yml", **{"[nobody.example]": "['127.0.0.1']"})
-    async with served(path) as (url, _):
+    async with served(path) as (url, _, _):
         assert (await get(url, client(pki, pki.client)))[0] == 200
 
 
@@ -231,11 +233,11 @@ async def test_verification_against_the_system_roots(
     """Without client_ca_file, the system roots verify (OpenSSL reads SSL_CERT_FILE)."""
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.directory / "client_ca.pem"))
     monkeypatch.setenv("SSL_CERT_DIR", str(pki.directory / "no-such-dir"))
-    async with served(fixture(pki, "verify_required_no_ca.yml")) as (url, _):
+    async with served(fixture(pki, "verify_required_no_ca.yml")) as (url, _, _):
         assert await get(url, client(pki, pki.client)) == (200, "Hello World!")
         assert (await get(url, client(pki, pki.stranger)))[0] == 0
         assert (await get(url, client(pki)))[0] == 0
-    async with served(fixture(pki, "verify_if_given.yml")) as (url, _):
+    async with served(fixture(pki, "verify_if_given.yml")) as (url, _, _):
         assert (await get(url, client(pki)))[0] == 200
         assert (await get(url, client(pki, pki.stranger)))[0] == 0
 
@@ -248,7 +250,7 @@ def tls12_client(pki: Pki, ciphers: str) -> ssl.SSLContext:
 
 
 async def test_tls12_cipher_list(pki: Pki) -> None:
-    async with served(fixture(pki, "some_ciphers.yml")) as (url, _):
+    async with served(fixture(pki, "some_ciphers.yml")) as (url, _, _):
         offered = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256"
         assert await handshake(url, tls12_client(pki, offered)) == (
             "ECDHE-RSA-AES128-GCM-SHA256",
@@ -259,14 +261,14 @@ async def test_tls12_cipher_list(pki: Pki) -> None:
         cipher, status, _ = await handshake(url, tls12_client(pki, "ECDHE-RSA-AES256-SHA"))
         assert (cipher, status) == ("", 0)
     # Go ignores the configured order (and prefer_server_cipher_suites): so do we.
-    async with served(fixture(pki, "some_ciphers_server_order_off.yml")) as (url, _):
+    async with served(fixture(pki, "some_ciphers_server_order_off.yml")) as (url, _, _):
         offered = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256"
         cipher, status, _ = await handshake(url, tls12_client(pki, offered))
         assert (cipher, status) == ("ECDHE-RSA-AES128-GCM-SHA256", 200)
 
 
 async def test_one_curve(pki: Pki) -> None:
-    async with served(fixture(pki, "one_curve.yml")) as (url, _):
+    async with served(fixture(pki, "one_curve.yml")) as (url, _, _):
         p521, p384 = client(pki), client(pki)
         p521.set_ecdh_curve("secp521r1")
         p384.set_ecdh_curve("secp384r1")
@@ -275,9 +277,9 @@ async def test_one_curve(pki: Pki) -> None:
 
 
 async def test_rate_limit_burst_zero_refuses_everything(pki: Pki) -> None:
-    async with served(fixture(pki, "rate_limit_one_second.yml")) as (url, _):
+    async with served(fixture(pki, "rate_limit_one_second.yml")) as (url, _, _):
         assert await get(url) == (429, "Too Many Requests\n")
-    async with served(fixture(pki, "rate_limit_off.yml")) as (url, _):
+    async with served(fixture(pki, "rate_limit_off.yml")) as (url, _, _):
         assert [await get(url) for _ in range(10)] == [(200, "Hello World!")] * 10
 
 
@@ -285,12 +287,12 @@ async def test_rate_limit_with_concurrent_clients(pki: Pki) -> None:
     """Ten clients at once against a bucket of three: three get in, seven get 429."""
     path = pki.directory / "bucket.yml"
     path.write_text("rate_limit:\n  interval: 1m\n  burst: 3\n")
-    async with served(path) as (url, guard):
+    async with served(path) as (url, access, _):
         statuses = sorted(
             status for status, _ in await asyncio.gather(*(get(url) for _ in range(10)))
         )
         assert statuses == [200] * 3 + [429] * 7
-        assert guard.rate_limited == 7
+        assert access.rate_limited == 7
 
 
 def test_token_bucket_refills_one_token_per_interval() -> None:

@@ -24,6 +24,9 @@ from .metrics import Metric, table
 from .model import PRIMARY, FetchError, Reason, Usage, UsageBytes
 
 INT64_MAX = (1 << 63) - 1
+# Digits of the longest numeric string read: INT64_MAX has 19. Checked before int(), which
+# refuses past 4,300 digits with a ValueError and spends quadratic time below that.
+INT64_DIGITS = 20
 CACHED = "Cached from the last successful poll of the space usage overview"
 STALE = "dropped when that poll is older than stale_after"
 
@@ -63,6 +66,8 @@ def int64_field(data: Mapping[str, Any], name: str, where: str = "data.") -> int
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        if len(value.strip()) > INT64_DIGITS:
+            raise FetchError(Reason.INVALID_RESPONSE, f"{where}{name} is out of range")
         number = int(value.strip())
     if number is None:
         shown = "missing" if value is None else f"not an integer ({type(value).__name__})"

@@ -32,10 +32,14 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
-from prometheus_client.gc_collector import GCCollector
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    GCCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
-from prometheus_client.process_collector import ProcessCollector
 
 from .endpoints import ACCOUNT_METRICS, GLOBAL_METRICS
 from .metrics import ACCOUNT, POLL, Metric, Number

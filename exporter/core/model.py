@@ -16,6 +16,8 @@ PRIMARY = "overview"
 DNS_FAILURE = "DNS lookup failed"
 # Longest KooDrive `msg` kept, and longest start of a refused body shown to a person.
 MESSAGE_LIMIT = 120
+# Longest KooDrive `code` kept: real ones are like "APIGW.0301" or "13000201".
+CODE_LIMIT = 40
 BODY_HEAD_LIMIT = 80
 # Longest error detail kept: details end up in logs and on the landing page, and an
 # upstream that answers with a megabyte of HTML must not flood either.
@@ -62,7 +64,9 @@ class FetchError(Exception):
         self.reason = reason
         self.detail = truncate(detail)
         self.status = status
-        self.api_code = api_code
+        # Every text an answer carries enters here, cleaned and cut once: whatever a server
+        # sends, what logs, the landing page and `check` show is short, printable Unicode.
+        self.api_code = None if api_code is None else truncate(api_code, CODE_LIMIT)
         # KooDrive's own `msg`, and the start of a body that was not the documented JSON:
         # for people diagnosing a failure (`check`, the landing page); both are untrusted
         # text, truncated and cleaned of control characters.
@@ -86,8 +90,10 @@ class FetchError(Exception):
 
 def truncate(text: str, limit: int = DETAIL_LIMIT) -> str:
     """Shorten untrusted text for logs, replacing control characters that could forge lines."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+    cut = text if len(text) <= limit else text[: limit - 1] + "…"
+    # Cut first: a megabyte of text costs a slice, not a Python loop over every character.
+    # Lone surrogates are not printable either, so what is kept always encodes as UTF-8.
+    return "".join(ch if ch.isprintable() else " " for ch in cut)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,15 @@ from yarl import URL
 from .. import __version__
 from ..core.config import AccountConfig
 from ..core.endpoints import Endpoint, int64_field
-from ..core.model import BODY_HEAD_LIMIT, DNS_FAILURE, FetchError, Reason, truncate
+from ..core.model import (
+    BODY_HEAD_LIMIT,
+    CODE_LIMIT,
+    DNS_FAILURE,
+    MESSAGE_LIMIT,
+    FetchError,
+    Reason,
+    truncate,
+)
 from .clock import PLAUSIBLE_SKEW, SkewEstimator, parse_http_date, parse_retry_after
 from .credentials import CredentialStore
 from .signing import new_trace_id, request_headers
@@ -415,7 +423,7 @@ def _api_code(document: dict[str, Any]) -> str | None:
         if isinstance(value, int):
             return str(value)
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            return truncate(value.strip(), CODE_LIMIT)
     return None
 
 
@@ -423,7 +431,7 @@ def _api_message(document: dict[str, Any]) -> str:
     for key in ("msg", "error_msg", "message"):
         value = document.get(key)
         if isinstance(value, str):
-            return value
+            return truncate(value, MESSAGE_LIMIT)
     return ""
 
 

@@ -1,4 +1,4 @@
-"""Serving HTTP: the aiohttp app, the connection guard and the web config.
+"""Serving HTTP: the aiohttp app, the connection edge, access control and the web config.
 
 Imports the core and upstream layers, never the simulator or the command line.
 """

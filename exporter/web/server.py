@@ -17,22 +17,25 @@ from types import MappingProxyType
 import aiohttp
 import structlog
 from aiohttp import web
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from ..core.config import AccountConfig, Config, ConfigError, load_config
-from ..core.exposition import OPENMETRICS, REBUILD_AFTER, TEXT, Exposition, Format
+from ..core.exposition import OPENMETRICS, REBUILD_AFTER, TEXT, Exposition
 from ..core.poller import Poller, Source
 from ..core.sharding import owned
 from ..core.state import ExporterState
 from ..upstream.client import USER_AGENT, KooDriveClient
 from ..upstream.credentials import CredentialStore
-from .guard import (
+from .access import Access
+from .edge import (
     KEEPALIVE_TIMEOUT,
+    MAX_BODY_BYTES,
     MAX_CONNECTIONS,
     READ_HEADER_TIMEOUT,
-    WRITE_BUDGET,
     WRITE_TIMEOUT,
-    HttpGuard,
+    Edge,
     listen,
+    send_body,
 )
 from .landing import render_landing
 from .webconfig import WebConfig
@@ -66,8 +69,6 @@ class Settings:
     read_header_timeout: float = READ_HEADER_TIMEOUT
     # A response body that makes no progress for this long closes its connection.
     write_timeout: float = WRITE_TIMEOUT
-    # What the buffers of clients that are not keeping up may hold in all (guard.WRITE_BUDGET).
-    write_budget: int = WRITE_BUDGET
     # Sharding: this replica polls the accounts that rendezvous hashing gives index of count.
     shard_count: int = 1
     shard_index: int = 0
@@ -78,14 +79,24 @@ class Settings:
     freeze_gc: bool = False
 
 
+# How long a rendered landing page is served again: however many clients ask, the page
+# costs one render (~4 ms at 10,000 accounts) a second at most.
+LANDING_TTL = 1.0
+
+
 @dataclass(slots=True)
 class Runtime:
     """The mutable part of a running app (an aiohttp app is frozen once started)."""
 
     config: Config
     poller: Poller | None = None
-    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     background: set[asyncio.Task[object]] = field(default_factory=set)
+    # The reload that runs, and the one every request that arrives meanwhile shares.
+    reloading: asyncio.Task[None] | None = None
+    next_reload: asyncio.Future[tuple[bool, str]] | None = None
+    # What the last reload did, so that a repeat of the same outcome is not logged again.
+    last_reload: tuple[bool, str] | None = None
+    landing: tuple[float, bytes] = (float("-inf"), b"")
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -93,12 +104,8 @@ RUNTIME = web.AppKey("runtime", Runtime)
 STATE = web.AppKey("state", ExporterState)
 EXPOSITION = web.AppKey("exposition", Exposition)
 LOG = web.AppKey("log", structlog.typing.FilteringBoundLogger)
-GUARD = web.AppKey("guard", HttpGuard)
-# What a scrape's Accept and Accept-Encoding asked for, and what it gets: scrapers send the
-# same few headers every time, so the parse (a tenth of a small scrape's cost) runs once per
-# pair. Cleared when full, so varied headers cost a parse each, never memory.
-NEGOTIATED = web.AppKey("negotiated", dict[tuple[str, str], tuple[Format, bool]])
-NEGOTIATED_SIZE = 64
+ACCESS = web.AppKey("access", Access)
+EDGE = web.AppKey("edge", Edge)
 
 
 def create_app(
@@ -111,70 +118,112 @@ def create_app(
     state = ExporterState(_mine(config, settings), loaded_at=time.time())
     exposition = Exposition(state, rebuild_after=REBUILD_AFTER)
 
-    guard = HttpGuard(
+    access = Access(
         settings.web_config,
         settings.web_config_file,
         log,
         max_requests=settings.max_requests,
-        max_connections=settings.max_connections,
         protect_probes=settings.protect_probes,
+    )
+    edge = Edge(
+        access.tls_choice,
+        max_connections=settings.max_connections,
         read_header_timeout=settings.read_header_timeout,
         write_timeout=settings.write_timeout,
-        write_budget=settings.write_budget,
     )
     app = web.Application(
         handler_args={"max_field_size": 8190, "max_line_size": 8190, "max_headers": 100},
-        client_max_size=64 * 1024,
+        client_max_size=MAX_BODY_BYTES,
     )
-    app[GUARD] = guard
-    app[NEGOTIATED] = {}
+    app[ACCESS] = access
+    app[EDGE] = edge
     app[SETTINGS] = settings
     app[RUNTIME] = Runtime(config=config)
     app[STATE] = state
     app[EXPOSITION] = exposition
     app[LOG] = log
     app.cleanup_ctx.append(_polling)
-    app.on_response_prepare.append(guard.add_headers)
-    app.router.add_get(settings.telemetry_path, guard.guarded(_metrics, scrape=True))
-    app.router.add_get("/", guard.guarded(_index))
-    app.router.add_get("/-/healthy", guard.guarded(_healthy, probe=True))
-    app.router.add_get("/-/ready", guard.guarded(_ready, probe=True))
-    app.router.add_post("/-/reload", guard.guarded(_reload))
+    app.on_response_prepare.append(access.add_headers)
+    app.router.add_get(settings.telemetry_path, access.guarded(edge, _metrics, scrape=True))
+    app.router.add_get("/", access.guarded(edge, _index))
+    app.router.add_get("/-/healthy", access.guarded(edge, _healthy, probe=True))
+    app.router.add_get("/-/ready", access.guarded(edge, _ready, probe=True))
+    # A reload request only waits for a reload: it may be evicted, like an idle connection.
+    app.router.add_post("/-/reload", access.guarded(edge, _reload, busy=False))
     return app
 
 
+def request_reload(app: web.Application) -> asyncio.Future[tuple[bool, str]]:
+    """The outcome of a reload that starts after this call; callers meanwhile share it.
+
+    At most one reload runs. Requests that arrive while it runs (it may have read the file
+    before their change) all get the one reload that follows it, so a flood of requests or
+    signals costs two reloads, not one each.
+    """
+    runtime = app[RUNTIME]
+    if runtime.next_reload is None:
+        runtime.next_reload = asyncio.get_running_loop().create_future()
+        if runtime.reloading is None:
+            runtime.reloading = asyncio.create_task(_reloads(app), name="reload")
+            runtime.background.add(runtime.reloading)
+    return runtime.next_reload
+
+
+async def _reloads(app: web.Application) -> None:
+    runtime = app[RUNTIME]
+    try:
+        while (waiting := runtime.next_reload) is not None:
+            runtime.next_reload = None
+            try:
+                outcome = await reload_config(app)
+            except Exception as exc:  # reload_config keeps its own errors; this is a bug
+                outcome = False, _unexpected(exc)
+                app[LOG].error("reload_failed", errors=[outcome[1]])
+            waiting.set_result(outcome)
+    finally:
+        runtime.background.discard(asyncio.current_task())  # type: ignore[arg-type]
+        runtime.reloading = None
+
+
 async def reload_config(app: web.Application) -> tuple[bool, str]:
-    """Re-read the config file and adopt it; on any error keep running the old one."""
+    """Re-read the config file and adopt it; on any error keep running the old one.
+
+    Only request_reload calls it, so reloads never overlap. An outcome the same as the last
+    one is logged at debug level: a loop of reload requests cannot flood the log.
+    """
     runtime, state, log = app[RUNTIME], app[STATE], app[LOG]
     path = app[SETTINGS].config_file
-    async with runtime.reload_lock:
-        if path is None or runtime.poller is None:
-            log.warning("reload_ignored", why="no config file (demo mode) or not running")
-            return False, "nothing to reload: no config file (demo mode) or not running"
-        try:
-            config = await asyncio.to_thread(load_config, path)
-            mine = _mine(config, app[SETTINGS])
-            added, removed, changed = await runtime.poller.update(mine, config.max_concurrency)
-        except Exception as exc:  # whatever failed, the old config stays
-            errors = exc.errors if isinstance(exc, ConfigError) else [_unexpected(exc)]
-            state.reloaded(False, time.time())
-            log.error("reload_failed", config_file=path, errors=errors)
-            return False, "\n".join(errors)
+    if path is None or runtime.poller is None:
+        log.warning("reload_ignored", why="no config file (demo mode) or not running")
+        return False, "nothing to reload: no config file (demo mode) or not running"
+    try:
+        config = await asyncio.to_thread(load_config, path)
+        mine = _mine(config, app[SETTINGS])
+        added, removed, changed = await runtime.poller.update(mine, config.max_concurrency)
+    except Exception as exc:  # whatever failed, the old config stays
+        errors = exc.errors if isinstance(exc, ConfigError) else [_unexpected(exc)]
+        state.reloaded(False, time.time())
+        outcome = False, "\n".join(errors)
+        level = log.debug if outcome == runtime.last_reload else log.error
+        runtime.last_reload = outcome
+        level("reload_failed", config_file=path, errors=errors)
+        return outcome
+    if config != runtime.config:
         _warn_insecure(config, log)
-        runtime.config = config
-        state.reloaded(True, time.time())
-        log.info(
-            "reloaded",
-            config_file=path,
-            accounts=len(mine),
-            added=added,
-            removed=removed,
-            changed=changed,
-        )
-        return (
-            True,
-            f"{len(mine)} accounts: {added} added, {removed} removed, {changed} changed",
-        )
+    runtime.config = config
+    state.reloaded(True, time.time())
+    outcome = True, f"{len(mine)} accounts: {added} added, {removed} removed, {changed} changed"
+    repeat = outcome == runtime.last_reload and not (added or removed or changed)
+    runtime.last_reload = outcome
+    (log.debug if repeat else log.info)(
+        "reloaded",
+        config_file=path,
+        accounts=len(mine),
+        added=added,
+        removed=removed,
+        changed=changed,
+    )
+    return outcome
 
 
 def _mine(config: Config, settings: Settings) -> tuple[AccountConfig, ...]:
@@ -197,21 +246,6 @@ def _warn_insecure(config: Config, log: structlog.typing.FilteringBoundLogger) -
                 endpoint=account.endpoint,
                 why="upstream TLS certificates are NOT verified for this account",
             )
-
-
-def request_reload(app: web.Application) -> None:
-    """Start a reload from a signal handler, keeping a reference so the task is not lost."""
-    runtime = app[RUNTIME]
-    task: asyncio.Task[object] = asyncio.create_task(reload_config(app))
-    runtime.background.add(task)
-    task.add_done_callback(runtime.background.discard)
-    task.add_done_callback(lambda done: _report(done, app[LOG]))
-
-
-def _report(task: asyncio.Task[object], log: structlog.typing.FilteringBoundLogger) -> None:
-    """Retrieve a background task's failure, so it is logged once and never as a traceback."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("reload_failed", errors=[_unexpected(task.exception())])  # type: ignore[arg-type]
 
 
 async def _freeze_when_ready(
@@ -278,8 +312,7 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
     )
     poller.start()
     runtime.poller = poller
-    runtime.background.add(asyncio.create_task(app[GUARD].watch(), name="web-config-watch"))
-    runtime.background.add(asyncio.create_task(app[GUARD].sweep(), name="slow-client-sweep"))
+    runtime.background.add(asyncio.create_task(app[ACCESS].watch(), name="web-config-watch"))
     settle = app[EXPOSITION].settle()
     runtime.background.add(asyncio.create_task(settle, name="exposition-settle"))
     if settings.freeze_gc:
@@ -315,117 +348,24 @@ _HEADERS = MappingProxyType(
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
-    # Repeated fields of one header are one comma-separated list (RFC 9110, 5.3).
-    asked = (
-        ",".join(request.headers.getall("Accept", ())),
-        ",".join(request.headers.getall("Accept-Encoding", ())),
-    )
-    negotiated = request.app[NEGOTIATED]
-    choice = negotiated.get(asked)
-    if choice is None:
-        choice = (OPENMETRICS if wants_openmetrics(asked[0]) else TEXT, accepts_gzip(asked[1]))
-        if len(negotiated) >= NEGOTIATED_SIZE:
-            negotiated.clear()
-        negotiated[asked] = choice
-    fmt, gzipped = choice
+    """The body prometheus_client would choose: OpenMetrics when Accept names it, gzip when
+    Accept-Encoding does (its choose_encoder and gzip_accepted, which ignore q-values)."""
+    accept = ",".join(request.headers.getall("Accept", ()))
+    encoding = ",".join(request.headers.getall("Accept-Encoding", ()))
+    fmt = OPENMETRICS if choose_encoder(accept)[1].startswith(_OPENMETRICS) else TEXT
+    gzipped = gzip_accepted(encoding)
     body = await request.app[EXPOSITION].render_async(fmt, gzipped=gzipped)
-    return await request.app[GUARD].send_body(request, _HEADERS[fmt.openmetrics, gzipped], body)
+    headers = _HEADERS[fmt.openmetrics, gzipped]
+    return await send_body(request, headers, body, request.app[SETTINGS].write_timeout)
 
 
-def accepts_gzip(header: str) -> bool:
-    """True when Accept-Encoding gives gzip a q above 0: its own q if listed, else that of *."""
-    found: dict[str, float] = {}
-    for item in header.split(",")[:MAX_ACCEPT_ITEMS]:
-        coding, *params = item.split(";")
-        name = coding.strip().lower()
-        if name not in ("gzip", "*") or name in found:
-            continue
-        quality = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value.strip())
-                except ValueError:
-                    quality = 0.0
-        found[name] = quality if 0 <= quality <= 1 else 0.0
-    return found.get("gzip", found.get("*", 0.0)) > 0
-
-
-# Elements of Accept / Accept-Encoding looked at: real clients send a handful, and the
-# bound keeps an 8 KiB header of tiny ranges from costing milliseconds per scrape.
-MAX_ACCEPT_ITEMS = 64
-# The two bodies on offer, as (type, subtype, parameters) for matching Accept's media ranges.
-_OPENMETRICS_OFFER = ("application", "openmetrics-text", {"version": "1.0.0", "charset": "utf-8"})
-_TEXT_OFFER = ("text", "plain", {"version": "0.0.4", "charset": "utf-8"})
-# Media-range parameters every body here satisfies, whatever their value.
-_ANY = frozenset({"escaping"})
-
-
-def wants_openmetrics(header: str) -> bool:
-    """True when Accept ranks OpenMetrics 1.0.0 strictly above the 0.0.4 text.
-
-    Each body gets the q of the most specific media range matching it (RFC 9110, 12.5.1),
-    and a range matches only when each of its parameters is one the body has: a range
-    asking for another version is not an offer for it. `escaping` is always satisfied:
-    every name here is a legacy Prometheus name, which no escaping scheme changes. So
-    Prometheus 2 (OpenMetrics 1.0.0 at q=1) and Prometheus 3 (OpenMetrics 1.0.0 with
-    `escaping=allow-utf-8` at q=0.6, text 0.0.4 at q=0.3) both get OpenMetrics. A tie, no
-    header, or nothing matching means the text format, which every scraper reads.
-    """
-    items = header.split(",")[:MAX_ACCEPT_ITEMS]
-    ranges = [parsed for item in items if (parsed := _media_range(item))]
-    openmetrics = _quality(ranges, *_OPENMETRICS_OFFER)
-    return openmetrics > 0 and openmetrics > _quality(ranges, *_TEXT_OFFER)
-
-
-def _media_range(item: str) -> tuple[str, str, dict[str, str], float] | None:
-    """(type, subtype, parameters without q, q) of one Accept element; None if unusable."""
-    media, *pairs = item.split(";")
-    kind, slash, subtype = media.strip().lower().partition("/")
-    if not slash or not kind or not subtype:
-        return None
-    params: dict[str, str] = {}
-    quality = 1.0
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        key, value = key.strip().lower(), value.strip().strip('"').lower()
-        if key != "q":
-            params[key] = value
-            continue
-        try:
-            quality = float(value)
-        except ValueError:
-            return None
-        if not 0 <= quality <= 1:
-            return None
-        break  # what follows q are accept-extensions, not media-type parameters
-    return kind, subtype, params, quality
-
-
-def _quality(
-    ranges: list[tuple[str, str, dict[str, str], float]],
-    kind: str,
-    subtype: str,
-    offered: dict[str, str],
-) -> float:
-    best: tuple[int, int, int] | None = None
-    quality = 0.0
-    for range_kind, range_subtype, params, q in ranges:
-        if range_kind not in ("*", kind) or range_subtype not in ("*", subtype):
-            continue
-        if any(offered.get(key) != value for key, value in params.items() if key not in _ANY):
-            continue
-        specificity = (range_kind != "*", range_subtype != "*", len(params))
-        if best is None or specificity > best:
-            best, quality = specificity, q
-    return quality
+_OPENMETRICS = "application/openmetrics-text"
 
 
 async def _reload(request: web.Request) -> web.Response:
     if not request.app[SETTINGS].enable_lifecycle:
         return web.Response(status=403, text="Lifecycle API is not enabled.\n")
-    ok, message = await reload_config(request.app)
+    ok, message = await asyncio.shield(request_reload(request.app))
     return web.Response(status=200 if ok else 500, text=message + "\n")
 
 
@@ -443,8 +383,13 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _index(request: web.Request) -> web.Response:
-    page = render_landing(request.app[STATE], request.app[SETTINGS].telemetry_path, time.time())
-    return web.Response(text=page, content_type="text/html")
+    runtime, now = request.app[RUNTIME], time.monotonic()
+    rendered_at, page = runtime.landing
+    if now - rendered_at >= LANDING_TTL:
+        text = render_landing(request.app[STATE], request.app[SETTINGS].telemetry_path, time.time())
+        page = text.encode()
+        runtime.landing = now, page
+    return web.Response(body=page, content_type="text/html", charset="utf-8")
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
@@ -474,12 +419,12 @@ async def serve(
         keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
     await runner.setup()
-    guard = app[GUARD]
+    edge = app[EDGE]
     listener: asyncio.Server | None = None
     try:
         assert runner.server is not None
-        listener = await listen(runner.server, guard, host, port)
-        scheme = "https" if guard.tls else "http"
+        listener = await listen(runner.server, edge, host, port)
+        scheme = "https" if app[ACCESS].tls else "http"
         urls = [_url(sock.getsockname(), scheme) for sock in listener.sockets]
         log.info("listening", urls=urls, telemetry_path=app[SETTINGS].telemetry_path)
         if on_ready is not None:
@@ -489,7 +434,7 @@ async def serve(
     finally:
         if listener is not None:
             listener.close()  # no new connections; aiohttp then drains the open ones
-        guard.close_pending()
+        edge.close_pending()
         await runner.cleanup()
 
 
