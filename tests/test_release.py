@@ -107,13 +107,19 @@ def test_wheel_holds_the_package_and_nothing_else(dists: Dists) -> None:
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
 
 
+PY3 = "Programming Language :: Python :: 3."
+
+
 def test_wheel_metadata(dists: Dists) -> None:
     metadata = wheel_metadata(dists.wheel)
     assert metadata["Name"] == "koodrive-exporter"
     assert metadata["Version"] == VERSION
     assert metadata["License-Expression"] == "Apache-2.0"
     assert metadata.get_all("License-File") == ["LICENSE"]
-    assert metadata["Requires-Python"] == ">=3.11"
+    # Exactly what scripts/test runs: every 3.x classifier, and nothing past the newest.
+    assert set(metadata["Requires-Python"].split(",")) == {">=3.11", "<3.14"}
+    minors = [c.rsplit(".", 1)[1] for c in PROJECT["classifiers"] if c.startswith(PY3)]
+    assert minors == ["11", "12", "13"]
     assert metadata.get_all("Classifier") == PROJECT["classifiers"]
     assert metadata["Keywords"].split(",") == PROJECT["keywords"]
     urls = dict(url.split(", ", 1) for url in metadata.get_all("Project-URL"))

@@ -238,8 +238,8 @@ class Connection(asyncio.Protocol):
                 ssl_handshake_timeout=self._edge.read_header_timeout,
                 ssl_shutdown_timeout=self._edge.write_timeout,
             )
-        except (OSError, TimeoutError, ConnectionError, RuntimeError):
-            transport = None  # a failed handshake (or a deadline) ends the connection
+        except Exception:  # whatever ended the handshake ends the connection
+            transport = None
         if transport is None or (sans is not None and not san_allowed(transport, sans)):
             self.abort()
             return
