@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -110,9 +111,10 @@ async def test_undecodable_credentials_are_a_401_without_a_traceback(
 
 
 async def test_waiting_reloads_are_evictable_and_coalesce(tmp_path: Path) -> None:
-    """Sixty clients from one address loop POST /-/reload on a 2,000-account config with a
-    cap of 20 connections; probes from another address are all answered, and the reloads
-    run one at a time, each shared by every request that waited for it."""
+    """Sixty clients from one address (127.0.0.9, of this test alone: TIME_WAIT ports) loop
+    POST /-/reload on a 2,000-account config with a cap of 20 connections; probes from
+    another address are all answered, and the reloads run one at a time, each shared by
+    every request that waited for it."""
     async with running(tmp_path, accounts=2000, max_connections=20) as served:
         runs = 0
         real = server_module.reload_config
@@ -127,7 +129,7 @@ async def test_waiting_reloads_are_evictable_and_coalesce(tmp_path: Path) -> Non
         statuses: list[int] = []
 
         async def flooder() -> None:
-            connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=1)
+            connector = aiohttp.TCPConnector(local_addr=("127.0.0.9", 0), limit=1)
             async with aiohttp.ClientSession(connector=connector) as session:
                 while time.monotonic() < stop_at:
                     with contextlib.suppress(aiohttp.ClientError):
@@ -295,3 +297,102 @@ def test_sockets_are_loopback_only() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.2", 0))
         assert sock.getsockname()[0].startswith("127.")
+
+
+# --- found by review of the new edge -------------------------------------------------------
+
+
+async def test_a_promised_body_that_never_comes_meets_the_deadline_and_is_evictable(
+    tmp_path: Path,
+) -> None:
+    """A request whose body never arrives is not complete: it stays under the head deadline
+    and, not yet running a handler, can be evicted for a client from another address."""
+    async with running(tmp_path, max_connections=4, read_header_timeout=1.0) as served:
+        drips = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", served.port, local_addr=("127.0.0.10", 0)
+            )
+            writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+            drips.append((reader, writer))
+        await wait_for(lambda: len(served.app[EDGE].connections) == 4, 3)
+        answer = await exchange(served.port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK")  # evicted a drip to get in
+        started = time.monotonic()
+        for reader, writer in drips:
+            with contextlib.suppress(ConnectionError):
+                async with asyncio.timeout(3):
+                    await reader.read()
+            writer.close()
+        assert time.monotonic() - started < 2.5
+
+
+async def test_a_client_that_leaves_mid_body_logs_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(tmp_path) as served:
+        for _ in range(5):
+            _, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            writer.write(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 9000\r\n\r\nab")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.transport.abort()
+        await asyncio.sleep(0.2)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/openmetrics-text; version=abc", "text/plain; version=1.x", "text/plain;version="],
+)
+async def test_an_accept_header_with_a_version_nobody_can_read_gets_text(
+    tmp_path: Path, accept: str
+) -> None:
+    async with running(tmp_path) as served:
+        request = (
+            f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: {accept}\r\n\r\n"
+        )
+        answer = await exchange(served.port, request.encode())
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert b"Content-Type: text/plain; version=0.0.4" in answer
+
+
+@pytest.mark.parametrize("expect", [False, True], ids=["late-body", "100-continue"])
+async def test_a_reload_body_that_comes_after_its_head_is_read(
+    tmp_path: Path, expect: bool
+) -> None:
+    async with running(tmp_path) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        head = (
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 40000\r\n"
+        )
+        writer.write(head + (b"Expect: 100-continue\r\n" if expect else b"") + b"\r\n")
+        if expect:
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+        await asyncio.sleep(0.2)
+        writer.write(b"x" * 40000)
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n",  # aiohttp's own 404
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",  # its own 405
+        b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",  # a body
+    ],
+    ids=["404", "405", "body"],
+)
+async def test_an_idle_keep_alive_outlives_the_head_deadline(tmp_path: Path, first: bytes) -> None:
+    async with running(tmp_path, read_header_timeout=0.5) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(first)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        await asyncio.sleep(1.2)  # idle past the head deadline, within keep-alive
+        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"OK\n")).startswith(b"HTTP/1.1 200 OK")
+        writer.close()

@@ -309,8 +309,13 @@ class Access:
         """
 
         async def guarded_handler(request: web.Request) -> web.StreamResponse:
+            refusal = self._limited(probe)
+            if refusal is None and request.body_exists:
+                refusal = await _drop_body(edge, request)
+            if refusal is not None:
+                return refusal
             with edge.handling(request, busy=busy):
-                refusal = await self._refusal(edge, request, probe=probe)
+                refusal = await self._unauthorized(request, probe)
                 if refusal is not None:
                     return refusal
                 if not scrape:
@@ -325,23 +330,19 @@ class Access:
 
         return guarded_handler
 
-    async def _refusal(
-        self, edge: Edge, request: web.Request, *, probe: bool
-    ) -> web.Response | None:
-        """The answer to a request that may not proceed, or None."""
-        if request.body_exists:
-            refusal = await _drop_body(request)
-            if refusal is not None:
-                connection = edge.of(request)
-                if connection is not None:
-                    connection.closing()
-                return refusal
-        guarded = self._protect_probes or not probe
-        if guarded and self._limiter is not None and not self._limiter.allow():
-            # exporter-toolkit's answer, before basic auth so a flood costs no bcrypt.
+    def _guarded(self, probe: bool) -> bool:
+        return self._protect_probes or not probe
+
+    def _limited(self, probe: bool) -> web.Response | None:
+        """exporter-toolkit's rate limit, before the body and basic auth: a flood costs
+        neither reads nor bcrypt."""
+        if self._guarded(probe) and self._limiter is not None and not self._limiter.allow():
             self.rate_limited += 1
             return web.Response(status=429, text="Too Many Requests\n")
-        if not (self.config.users and guarded):
+        return None
+
+    async def _unauthorized(self, request: web.Request, probe: bool) -> web.Response | None:
+        if not (self.config.users and self._guarded(probe)):
             return None
         try:
             user = await self.auth.check(request.headers.get("Authorization"), _peer(request))
@@ -365,22 +366,27 @@ class Access:
             response.headers.update(self.config.headers)
 
 
-async def _drop_body(request: web.Request) -> web.Response | None:
+async def _drop_body(edge: Edge, request: web.Request) -> web.Response | None:
     """Read and drop a request body no endpoint uses, up to MAX_BODY_BYTES; 413 beyond.
 
-    Nothing is kept: a body costs its reads, not its size in memory.
+    Nothing is kept: a body costs its reads, not its size in memory. Until it is read the
+    request is not complete, so the edge's deadline and byte count still apply to it.
     """
-    too_large = web.Response(status=413, text="request body too large\n")
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        too_large.force_close()
-        return too_large
     read = 0
-    while chunk := await request.content.readany():
-        read += len(chunk)
-        if read > MAX_BODY_BYTES:
-            too_large.force_close()
-            return too_large
-    return None
+    try:
+        if (request.content_length or 0) <= MAX_BODY_BYTES:
+            while (chunk := await request.content.readany()) and read <= MAX_BODY_BYTES:
+                read += len(chunk)
+    except ConnectionError:  # the client left; nobody reads this answer
+        return web.Response(status=400, text="request body incomplete\n")
+    if max(read, request.content_length or 0) <= MAX_BODY_BYTES:
+        return None
+    connection = edge.of(request)
+    if connection is not None:
+        connection.closing()
+    response = web.Response(status=413, text="request body too large\n")
+    response.force_close()
+    return response
 
 
 def _peer(request: web.Request) -> str:

@@ -57,6 +57,8 @@ LISTEN_BACKLOG = 1024
 # flood can cause per connection.
 EVICTION_SCAN = 512
 _HEAD_END = b"\r\n\r\n"
+# Marks a request that `Edge.handling` saw complete (aiohttp's requests are mappings).
+_COMPLETE = web.RequestKey("complete", bool)
 _HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 26\r\nConnection: close\r\n\r\nrequest head is too large\n"
@@ -146,7 +148,7 @@ class Edge:
 
     @contextlib.contextmanager
     def handling(self, request: web.Request, *, busy: bool = True) -> Iterator[None]:
-        """A request has started: its head is complete, the deadline and the count reset.
+        """The request is in, head and body: its deadline and byte count end here.
 
         A busy connection (one whose handler runs) is never evicted; a handler that only
         waits (for a reload another request started) passes busy=False and stays evictable.
@@ -155,15 +157,20 @@ class Edge:
         if connection is None:
             yield
             return
-        connection.started()
-        connection.busy += busy
+        connection.complete(request, busy)
         try:
             yield
         finally:
-            connection.busy -= busy
+            connection.done(busy)
             if connection in self.connections:
                 self.connections.move_to_end(connection)
-                connection.finished()
+
+    async def answered(self, request: web.Request, _: web.StreamResponse) -> None:
+        """on_response_prepare: a request answered without `handling` (aiohttp's own 404 or
+        405, a 429 or 413 before it) is over too, so an idle keep-alive is not cut."""
+        connection = self.of(request)
+        if connection is not None and not request.get(_COMPLETE):
+            connection.answered()
 
 
 class Connection(asyncio.Protocol):
@@ -172,6 +179,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_closing",
+        "_counting",
         "_early",
         "_edge",
         "_head_timer",
@@ -203,6 +211,7 @@ class Connection(asyncio.Protocol):
         self._last = b""
         self._open = False
         self._closing = False
+        self._counting = True
         self._early: list[bytes] = []
         self._head_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
@@ -261,7 +270,7 @@ class Connection(asyncio.Protocol):
             self._early.append(data)
             return
         self._track_heads(data)
-        if not self.busy and not self._closing:
+        if self._counting and not self._closing:
             self._received += len(data)
             cap = MAX_HEAD_BYTES + (MAX_BODY_BYTES if self._request_seen else 0)
             if self._received > cap:
@@ -287,18 +296,32 @@ class Connection(asyncio.Protocol):
             self._open = True
         self._last = data[-3:] if len(data) >= 3 else (self._last + data)[-3:]
 
-    def started(self) -> None:
-        """A handler runs: nothing is owed until the next byte that arrives after it."""
-        self._received, self._request_seen = 0, False
+    def complete(self, request: web.Request, busy: bool) -> None:
+        """Head and body are in and a handler runs: nothing is owed until it ends."""
+        request[_COMPLETE] = True
+        # Bytes after a bodiless request's head are the next request's start: still owed.
+        still_open = self._open and not request.body_exists
+        self._counting = False
+        self._reset()
+        self._open = still_open
+        self.busy += busy
+
+    def done(self, busy: bool) -> None:
+        """The handler ended: bytes that arrived after its request (a pipelined request's
+        start) are owed under the deadline from now, as is the next byte."""
+        self.busy -= busy
+        self._counting = True
+        if self._open and self._head_timer is None:
+            self._arm_head()
+
+    def answered(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._received, self._request_seen, self._open = 0, False, False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-
-    def finished(self) -> None:
-        """A handler ended: what arrived after its head (a pipelined request's start, or a
-        body) is owed under the head deadline, as if it had arrived now."""
-        if not self.busy and self._open and self._head_timer is None:
-            self._arm_head()
 
     def _arm_head(self) -> None:
         loop = asyncio.get_running_loop()
@@ -306,8 +329,7 @@ class Connection(asyncio.Protocol):
 
     def _overdue(self) -> None:
         self._head_timer = None
-        if not self.busy:
-            self.abort()
+        self.abort()
 
     def _refuse(self) -> None:
         transport = self.app_transport

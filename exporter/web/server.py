@@ -144,6 +144,7 @@ def create_app(
     app[LOG] = log
     app.cleanup_ctx.append(_polling)
     app.on_response_prepare.append(access.add_headers)
+    app.on_response_prepare.append(edge.answered)
     app.router.add_get(settings.telemetry_path, access.guarded(edge, _metrics, scrape=True))
     app.router.add_get("/", access.guarded(edge, _index))
     app.router.add_get("/-/healthy", access.guarded(edge, _healthy, probe=True))
@@ -352,7 +353,10 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     Accept-Encoding does (its choose_encoder and gzip_accepted, which ignore q-values)."""
     accept = ",".join(request.headers.getall("Accept", ()))
     encoding = ",".join(request.headers.getall("Accept-Encoding", ()))
-    fmt = OPENMETRICS if choose_encoder(accept)[1].startswith(_OPENMETRICS) else TEXT
+    try:
+        fmt = OPENMETRICS if choose_encoder(accept)[1].startswith(_OPENMETRICS) else TEXT
+    except (TypeError, ValueError):  # it compares versions it cannot parse (`version=abc`)
+        fmt = TEXT
     gzipped = gzip_accepted(encoding)
     body = await request.app[EXPOSITION].render_async(fmt, gzipped=gzipped)
     headers = _HEADERS[fmt.openmetrics, gzipped]
