@@ -9,6 +9,7 @@ import os
 import platform
 import random
 import re
+import statistics
 import subprocess
 import time as clock
 from pathlib import Path
@@ -532,10 +533,13 @@ async def test_a_scrape_of_2000_accounts_with_polls_landing_does_not_stall_the_l
     await exposition.render_async(TEXT, gzipped=True)
     # The reference: the same scrape built in one piece on the loop (render and whole gzip),
     # which is how long it would stall the loop.
-    land(rng.sample(names, 500))
-    started = clock.perf_counter()
-    exposition.render(TEXT, gzipped=True)
-    in_one_piece = clock.perf_counter() - started
+    in_one_piece = []
+    for _ in range(3):
+        land(rng.sample(names, 500))
+        started = clock.perf_counter()
+        exposition.render(TEXT, gzipped=True)
+        in_one_piece.append(clock.perf_counter() - started)
+    stalls = []
     for _ in range(3):
         land(rng.sample(names, 500))  # a quarter landed since the last scrape
         done = asyncio.Event()
@@ -543,10 +547,14 @@ async def test_a_scrape_of_2000_accounts_with_polls_landing_does_not_stall_the_l
         await asyncio.sleep(0)
         body = await exposition.render_async(TEXT, gzipped=True)
         done.set()
-        stall = await task
+        stalls.append(await task)
         assert gzip.decompress(body) == exposition.render(TEXT)
-        assert stall < 0.05, stall
-        assert stall < in_one_piece / 2, (stall, in_one_piece)
+    # A longest stall is a maximum, so one preemption by another process on a busy 2-core
+    # machine can make any single one long; work done on the loop by design makes all
+    # three long. So the shortest of three is held to the bound, against the median
+    # reference, and every one to the generous absolute bound.
+    assert max(stalls) < 0.05, stalls
+    assert min(stalls) < statistics.median(in_one_piece) / 2, (stalls, in_one_piece)
 
 
 async def test_a_large_gzip_recompresses_only_the_chunks_that_changed(monkeypatch) -> None:
