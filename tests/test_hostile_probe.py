@@ -281,11 +281,11 @@ async def test_the_landing_page_costs_one_render_however_many_ask(tmp_path: Path
 async def test_a_reload_loop_logs_the_outcome_once(tmp_path: Path) -> None:
     async with running(tmp_path) as served:
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
+            for _ in range(15):
                 async with session.post(served.url + "/-/reload") as response:
                     assert response.status == 200
             served.config.write_text("accounts: [\n")
-            for _ in range(300):
+            for _ in range(15):
                 async with session.post(served.url + "/-/reload") as response:
                     assert response.status == 500
         reloads = served.logs.events("reloaded") + served.logs.events("reload_failed")
@@ -396,3 +396,35 @@ async def test_an_idle_keep_alive_outlives_the_head_deadline(tmp_path: Path, fir
         writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await reader.readuntil(b"OK\n")).startswith(b"HTTP/1.1 200 OK")
         writer.close()
+
+
+async def test_reloads_requested_without_end_run_half_the_time_at_most(tmp_path: Path) -> None:
+    """Four clients loop POST /-/reload for 1.5 s: each reload waits as long as the last one
+    took (0.1 s at least), so a few ms reloads run about ten times a second, not hundreds."""
+    async with running(tmp_path) as served:
+        runs = 0
+        real = server_module.reload_config
+
+        async def counted(app):
+            nonlocal runs
+            runs += 1
+            return await real(app)
+
+        server_module.reload_config = counted  # type: ignore[assignment]
+        stop_at = time.monotonic() + 1.5
+        answered = 0
+
+        async def client() -> None:
+            nonlocal answered
+            async with aiohttp.ClientSession() as session:
+                while time.monotonic() < stop_at:
+                    async with session.post(served.url + "/-/reload") as response:
+                        assert response.status == 200
+                        answered += 1
+
+        try:
+            await asyncio.gather(*(client() for _ in range(4)))
+        finally:
+            server_module.reload_config = real  # type: ignore[assignment]
+        assert 5 <= runs <= 17, runs
+        assert answered >= runs

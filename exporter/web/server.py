@@ -79,6 +79,8 @@ class Settings:
     freeze_gc: bool = False
 
 
+# The least time between two reloads (see _reloads).
+RELOAD_MIN_GAP = 0.1
 # How long a rendered landing page is served again: however many clients ask, the page
 # costs one render (~4 ms at 10,000 accounts) a second at most.
 LANDING_TTL = 1.0
@@ -159,7 +161,8 @@ def request_reload(app: web.Application) -> asyncio.Future[tuple[bool, str]]:
 
     At most one reload runs. Requests that arrive while it runs (it may have read the file
     before their change) all get the one reload that follows it, so a flood of requests or
-    signals costs two reloads, not one each.
+    signals costs two reloads, not one each; and the next starts no sooner than the last
+    one took (at least RELOAD_MIN_GAP), so reloads hold the process half the time at most.
     """
     runtime = app[RUNTIME]
     if runtime.next_reload is None:
@@ -175,12 +178,16 @@ async def _reloads(app: web.Application) -> None:
     try:
         while (waiting := runtime.next_reload) is not None:
             runtime.next_reload = None
+            started = time.monotonic()
             try:
                 outcome = await reload_config(app)
             except Exception as exc:  # reload_config keeps its own errors; this is a bug
                 outcome = False, _unexpected(exc)
                 app[LOG].error("reload_failed", errors=[outcome[1]])
             waiting.set_result(outcome)
+            # Back to back, reloads requested without end would keep a core (and the GIL)
+            # busy: the next one waits as long as this one took, so they take half at most.
+            await asyncio.sleep(max(RELOAD_MIN_GAP, time.monotonic() - started))
     finally:
         runtime.background.discard(asyncio.current_task())  # type: ignore[arg-type]
         runtime.reloading = None
