@@ -314,7 +314,8 @@ class Access:
                 refusal = await _drop_body(edge, request)
             if refusal is not None:
                 return refusal
-            with edge.handling(request, busy=busy):
+            connection = edge.begin(request, busy)
+            try:
                 refusal = await self._unauthorized(request, probe)
                 if refusal is not None:
                     return refusal
@@ -327,6 +328,8 @@ class Access:
                     return await handler(request)
                 finally:
                     self.scrapes -= 1
+            finally:
+                edge.end(connection, busy)
 
         return guarded_handler
 
@@ -360,8 +363,8 @@ class Access:
             )
         return None
 
-    async def add_headers(self, _: web.Request, response: web.StreamResponse) -> None:
-        """on_response_prepare: the configured headers on every response, errors included."""
+    def add_headers(self, response: web.StreamResponse) -> None:
+        """The configured headers, on every response (errors included)."""
         if self.config.headers:
             response.headers.update(self.config.headers)
 

@@ -29,7 +29,7 @@ import contextlib
 import ipaddress
 import ssl
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -48,6 +48,11 @@ MAX_BODY_BYTES = 64 * 1024
 # Scrape bodies go out in pieces of this size with back-pressure: a client that does not read
 # pins at most a piece plus the transport's high-water mark, never a copy of the whole body.
 BODY_PIECE = 256 * 1024
+# A body up to this size goes out in one write with its headers, after the handler (a gzip
+# body of ~1,700 accounts): a separate send for the headers cost a small scrape a third of
+# its throughput (bench/suite.py, 2026-12-04). A client that does not read it pins at most
+# this until the pause deadline: 256 connections, 32 MiB.
+SINGLE_WRITE = 128 * 1024
 # After the first write_timeout, a body must go out at least this fast on average, so a
 # client that reads a trickle cannot hold a scrape slot for long: 5.7 MB (10,000 accounts,
 # uncompressed) may take 10 s + 89 s at most.
@@ -57,7 +62,7 @@ LISTEN_BACKLOG = 1024
 # flood can cause per connection.
 EVICTION_SCAN = 512
 _HEAD_END = b"\r\n\r\n"
-# Marks a request that `Edge.handling` saw complete (aiohttp's requests are mappings).
+# Marks a request that `Edge.begin` saw complete (aiohttp's requests are mappings).
 _COMPLETE = web.RequestKey("complete", bool)
 _HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
@@ -146,28 +151,28 @@ class Edge:
             if connection.app_transport is None:
                 connection.abort()
 
-    @contextlib.contextmanager
-    def handling(self, request: web.Request, *, busy: bool = True) -> Iterator[None]:
+    def begin(self, request: web.Request, busy: bool) -> Connection | None:
         """The request is in, head and body: its deadline and byte count end here.
 
         A busy connection (one whose handler runs) is never evicted; a handler that only
         waits (for a reload another request started) passes busy=False and stays evictable.
+        Every begin is followed by one `end`, when the handler returns.
         """
-        connection = self.of(request)
-        if connection is None:
-            yield
-            return
-        connection.complete(request, busy)
-        try:
-            yield
-        finally:
+        connection = self._by_transport.get(request.transport)
+        if connection is not None:
+            connection.complete(request, busy)
+        return connection
+
+    def end(self, connection: Connection | None, busy: bool) -> None:
+        if connection is not None:
             connection.done(busy)
             if connection in self.connections:
                 self.connections.move_to_end(connection)
 
-    async def answered(self, request: web.Request, _: web.StreamResponse) -> None:
-        """on_response_prepare: a request answered without `handling` (aiohttp's own 404 or
-        405, a 429 or 413 before it) is over too, so an idle keep-alive is not cut."""
+    def answered(self, request: web.Request) -> None:
+        """At every answer (on_response_prepare): a request answered without `begin`
+        (aiohttp's own 404 or 405, a 429 or 413 before it) is over too, so an idle
+        keep-alive is not cut."""
         connection = self.of(request)
         if connection is not None and not request.get(_COMPLETE):
             connection.answered()
@@ -187,6 +192,7 @@ class Connection(asyncio.Protocol):
         "_last",
         "_make_inner",
         "_open",
+        "_owed_since",
         "_raw",
         "_received",
         "_request_seen",
@@ -214,6 +220,7 @@ class Connection(asyncio.Protocol):
         self._counting = True
         self._early: list[bytes] = []
         self._head_timer: asyncio.TimerHandle | None = None
+        self._owed_since: float | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._write_mark = 0
         self._tls_task: asyncio.Task[None] | None = None
@@ -226,7 +233,7 @@ class Connection(asyncio.Protocol):
         if not self._edge.admit(self):
             transport.abort()
             return
-        self._arm_head()
+        self._owe()
         tls = self._edge.tls()
         if tls is None:
             self._attach(transport)
@@ -276,8 +283,8 @@ class Connection(asyncio.Protocol):
             if self._received > cap:
                 self._refuse()
                 return
-            if self._head_timer is None:
-                self._arm_head()
+            if self._owed_since is None:
+                self._owe()
         self._inner.data_received(data)
 
     def _track_heads(self, data: bytes) -> None:
@@ -311,25 +318,36 @@ class Connection(asyncio.Protocol):
         start) are owed under the deadline from now, as is the next byte."""
         self.busy -= busy
         self._counting = True
-        if self._open and self._head_timer is None:
-            self._arm_head()
+        if self._open and self._owed_since is None:
+            self._owe()
 
     def answered(self) -> None:
         self._reset()
 
     def _reset(self) -> None:
         self._received, self._request_seen, self._open = 0, False, False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._owed_since = None
 
-    def _arm_head(self) -> None:
+    def _owe(self) -> None:
+        """A request is owed from now. The timer is lazy: one per connection, moved only
+        when it fires, so a keep-alive scrape costs a clock read, not a timer and a cancel."""
         loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(self._edge.read_header_timeout, self._overdue)
+        self._owed_since = loop.time()
+        if self._head_timer is None:
+            self._head_timer = loop.call_at(
+                self._owed_since + self._edge.read_header_timeout, self._overdue
+            )
 
     def _overdue(self) -> None:
         self._head_timer = None
-        self.abort()
+        if self._owed_since is None:
+            return  # nothing is owed; the next byte starts a new deadline
+        deadline = self._owed_since + self._edge.read_header_timeout
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            self.abort()
+        else:
+            self._head_timer = loop.call_at(deadline, self._overdue)
 
     def _refuse(self) -> None:
         transport = self.app_transport
@@ -406,7 +424,8 @@ class Connection(asyncio.Protocol):
 async def send_body(
     request: web.Request, headers: Mapping[str, str], body: bytes, write_timeout: float
 ) -> web.StreamResponse:
-    """Write `body` in pieces of the one shared bytes object, with back-pressure.
+    """Write `body` in one write when small, else in pieces of the one shared bytes object,
+    with back-pressure.
 
     A client that does not read pins a piece, not the body: a hundred stalled scrapers of a
     6 MB body cost a hundred small buffers, not 600 MB. The whole body must be out within
@@ -414,6 +433,8 @@ async def send_body(
     pause deadline (Connection.pause_writing).
     """
     size = len(body)
+    if size <= SINGLE_WRITE:
+        return web.Response(body=body, headers=headers)
     response = web.StreamResponse(headers=headers)
     response.content_length = size
     try:

@@ -145,8 +145,7 @@ def create_app(
     app[EXPOSITION] = exposition
     app[LOG] = log
     app.cleanup_ctx.append(_polling)
-    app.on_response_prepare.append(access.add_headers)
-    app.on_response_prepare.append(edge.answered)
+    app.on_response_prepare.append(_prepared)
     app.router.add_get(settings.telemetry_path, access.guarded(edge, _metrics, scrape=True))
     app.router.add_get("/", access.guarded(edge, _index))
     app.router.add_get("/-/healthy", access.guarded(edge, _healthy, probe=True))
@@ -154,6 +153,14 @@ def create_app(
     # A reload request only waits for a reload: it may be evicted, like an idle connection.
     app.router.add_post("/-/reload", access.guarded(edge, _reload, busy=False))
     return app
+
+
+async def _prepared(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare, one handler for both jobs (a signal handler is a coroutine a
+    response): the configured headers, and the end of a request the edge did not see."""
+    app = request.app
+    app[ACCESS].add_headers(response)
+    app[EDGE].answered(request)
 
 
 def request_reload(app: web.Application) -> asyncio.Future[tuple[bool, str]]:
