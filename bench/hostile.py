@@ -1,20 +1,28 @@
 """Hostile clients against the real exporter process: its RSS, and what the clients see.
 
-    .venv/bin/python bench/hostile.py            # every attack, about 5-6 minutes on 2 cores
-    .venv/bin/python bench/hostile.py --quick    # a smaller subset, about 1 minute
-    .venv/bin/python bench/hostile.py --only 1,6 # chosen attacks (numbers as in the table)
+    .venv/bin/python bench/hostile.py             # every attack, about 12 minutes on 2 cores
+    .venv/bin/python bench/hostile.py --quick     # a smaller subset, about 1 minute
+    .venv/bin/python bench/hostile.py --only 1,D2 # chosen attacks (numbers as in the table)
 
 Each attack starts a fresh `.venv/bin/koodrive-exporter` (JSON logs to a file in a temp
 dir), samples its VmRSS every 50 ms while the attack runs, probes /-/healthy every 100 ms
 from 127.0.0.1 on a new connection (TLS where the port is TLS), and prints one Markdown
 table row; the whole table, the version and the commit come at the end.
 
+Attacks 1-7 are on the HTTP edge and the config reload; D1-D3 are upstream answers that are
+hostile (a tiny fixed-answer server on 127.0.0.1, this script run with --serve-fixed, serves
+one body for every path); D4-D7 and R1-R2 are the second hostile probe's findings on the
+edge. Only the command line and HTTP are used, never the exporter's internals, so the same
+file runs against any tree (copy it into the other tree's bench/ and run it there with that
+tree's .venv); the default --web.max-connections is read from `--help`.
+
 Bounds: everything binds and targets 127.0.0.0/8 (attackers use 127.0.0.2); every loop is
 bounded in count and in time (connections wait at most 25 s for the server, a reload at
-most 30 s, probes and samples stop after a fixed count); an exporter whose RSS passes
-2 GiB is killed; a watchdog alarm ends the run after 12 minutes (4 with --quick). Every
-process started here gets SIGTERM, then SIGKILL after 10 s, also when the script fails or
-is itself interrupted.
+most 30 s, floods and streams stop after a fixed time and count, probes and samples stop
+after a fixed count); an exporter whose RSS passes 2 GiB is killed; a watchdog alarm ends the
+run after 25 minutes (4 with --quick); the fixed-answer server exits by itself after 10
+minutes. Every process started here gets SIGTERM, then SIGKILL after 10 s, also when the
+script fails or is itself interrupted.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -44,11 +53,16 @@ from pathlib import Path
 import aiohttp
 import bcrypt
 import trustme
-from suite import free_port, rss_bytes, write_config
+from aiohttp import web
+from suite import cpu_seconds, free_port, rss_bytes, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORTER = str(ROOT / ".venv" / "bin" / "koodrive-exporter")
 ATTACKER = "127.0.0.2"
+# Floods that reconnect in a loop have addresses of their own: their TIME_WAIT ports do not
+# take the ephemeral ports of the other attacks' clients.
+RELOADER = "127.0.0.3"
+SCRAPER = "127.0.0.4"
 MIB = 1024 * 1024
 RSS_CAP = 2 * 1024 * MIB
 SAMPLE_PERIOD = 0.05
@@ -60,6 +74,7 @@ HOLD_LIMIT = 25.0  # how long a hostile connection waits for the server to close
 RELOAD_TIMEOUT = 30.0
 EARLY = 9.0  # closed this soon after connecting: not by the 10 s head deadline
 CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+FIXED_LIFETIME = 600.0  # the fixed-answer server exits by itself after this
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -668,6 +683,411 @@ def reload_fifo(config: Path, good: str) -> Callable[[Target], Awaitable[str]]:
     return attack
 
 
+# --- hostile answers and the second probe's findings -------------------------------------
+
+
+def max_connections() -> str:
+    """The tree's default --web.max-connections, as its `--help` says."""
+    try:
+        text = subprocess.run([EXPORTER, "--help"], capture_output=True, text=True, timeout=30,
+                              check=False).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    option = r"^\s+--web\.max-connections MAX_CONNECTIONS\s[^(]*\(default:\s*(\d+)\)"
+    match = re.search(option, text, re.M)
+    return match.group(1) if match else "?"
+
+
+def serve_fixed(body_file: str, status: int, port: int) -> None:
+    """Answer every request on 127.0.0.1:`port` with `status` and the bytes of `body_file`
+    as JSON, for FIXED_LIFETIME seconds at most (this script run with --serve-fixed)."""
+    body = Path(body_file).read_bytes()
+
+    async def answer(_: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", answer)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            await asyncio.sleep(FIXED_LIFETIME)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def fixed_upstream(directory: Path, name: str, status: int, body: bytes) -> Iterator[str]:
+    """A KooDrive stand-in answering `status` and `body` to everything; yields its URL."""
+    body_file = directory / f"answer-{name}.json"
+    body_file.write_bytes(body)
+    port = free_port()
+    with process(sys.executable, str(Path(__file__).resolve()), "--serve-fixed", str(body_file),
+                 "--status", str(status), "--port", str(port),
+                 log=directory / f"upstream-{name}.log") as proc:  # fmt: skip
+        wait_listening(port, proc, 30)
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def simulated(directory: Path, accounts: int, name: str) -> Iterator[str]:
+    """The project's simulator for `accounts` accounts; yields its URL."""
+    sim_port = free_port()
+    sim_config = write_config(directory, accounts, "http://127.0.0.1:1", "60s")
+    with process(EXPORTER, "simulate", "--listen", f"127.0.0.1:{sim_port}", "--config",
+                 str(sim_config), "--log.level=error", "--log.format=json",
+                 log=directory / f"simulator-{name}.log") as sim:  # fmt: skip
+        wait_ok(f"http://127.0.0.1:{sim_port}/-/sim/accounts", sim, None, 120)
+        yield f"http://127.0.0.1:{sim_port}"
+
+
+def log_events(log: Path) -> list[tuple[int, dict]]:
+    """(length in bytes, event) of every JSON line of an exporter's log."""
+    events = []
+    with log.open("rb") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append((len(line), event))
+    return events
+
+
+def size(count: float) -> str:
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count:,.0f} B"
+
+
+async def exchange(port: int, request: bytes, source: str = ATTACKER,
+                   limit: float = 10.0) -> tuple[bytes, int, str]:  # fmt: skip
+    """Send `request` on a new connection from `source`, read until the server closes or
+    `limit` passes: (first bytes of the answer, bytes received, how it ended)."""
+    loop = asyncio.get_running_loop()
+    sock = raw_socket(source)
+    head, total, how = b"", 0, "open"
+    try:
+        async with asyncio.timeout(limit):
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, request)
+            while chunk := await loop.sock_recv(sock, 65536):
+                head = head if len(head) >= 64 else (head + chunk)[:64]
+                total += len(chunk)
+            how = "eof"
+    except TimeoutError:
+        how = "open"
+    except OSError as exc:
+        how = type(exc).__name__
+    finally:
+        sock.close()
+    return head, total, how
+
+
+def status_of(head: bytes, how: str) -> str:
+    line = head.split(b"\r\n", 1)[0]
+    return line[9:12].decode(errors="replace") if line.startswith(b"HTTP/") else f"none ({how})"
+
+
+def counted(counter: Counter[str] | Counter[int | str]) -> str:
+    return ", ".join(f"{n} x {k}" for k, n in counter.most_common()) or "none"
+
+
+def poll_error_series(text: str) -> str:
+    """koodrive_poll_errors_total by reason: accounts that counted one, and the sum."""
+    accounts: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for line in text.splitlines():
+        if not line.startswith("koodrive_poll_errors_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            if float(value) > 0:
+                match = re.search(r'reason="([^"]*)"', labels)
+                reason = match.group(1) if match else "?"
+                accounts[reason] += 1
+                total[reason] += int(float(value))
+    return (
+        ", ".join(
+            f"reason={k} ({accounts[k]} accounts, {total[k]} errors)" for k in sorted(accounts)
+        )
+        or "none"
+    )
+
+
+def lasting(
+    seconds: float, attack: Callable[[Target], Awaitable[str]]
+) -> Callable[[Target], Awaitable[str]]:
+    """`attack`, taking at least `seconds`: short attacks still get a few probes."""
+
+    async def run(target: Target) -> str:
+        started = time.monotonic()
+        seen = await attack(target)
+        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
+        return seen
+
+    return run
+
+
+def hostile_answer(landings: int = 0) -> Callable[[Target], Awaitable[str]]:
+    """What the sinks show once every account polled the hostile answer: /metrics (the
+    poll error reasons), the poll log lines, GET /; then `landings` concurrent GET / in
+    three rounds (the RSS peak is theirs)."""
+
+    async def attack(target: Target) -> str:
+        timeout = aiohttp.ClientTimeout(total=60)
+        seen: dict[str, tuple[int | str, bytes]] = {}
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def fetch(path: str) -> tuple[int | str, bytes]:
+                try:
+                    async with session.get(target.base + path) as response:
+                        return response.status, await response.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    return type(exc).__name__, b""
+
+            for path in ("/metrics", "/"):
+                seen[path] = await fetch(path)
+            crowd: Counter[int | str] = Counter()
+            started = time.monotonic()
+            for _ in range(3 if landings else 0):
+                for status, _ in await asyncio.gather(*(fetch("/") for _ in range(landings))):
+                    crowd[status] += 1
+            crowd_took = time.monotonic() - started
+        events = await asyncio.to_thread(log_events, target.log)
+        polls = [(length, event) for length, event in events if event.get("event") == "poll"]
+        reasons = Counter(str(event.get("reason", "success")) for _, event in polls)
+        internal = sum(event.get("event") == "poll_internal_error" for _, event in events)
+        metrics_status, metrics = seen["/metrics"]
+        page_status, page = seen["/"]
+        line = max((length for length, _ in polls), default=0)
+        text = (
+            f"/metrics {metrics_status}, poll errors: "
+            f"{poll_error_series(metrics.decode(errors='replace'))}; poll log lines: "
+            f"{counted(reasons)}, longest {size(line)}; {internal} x poll_internal_error; "
+            f"GET / {page_status}, {size(len(page))}"
+        )
+        if landings:
+            text += (
+                f"; {landings} x GET / at once, 3 rounds in {crowd_took:.1f} s: {counted(crowd)}"
+            )
+        return text
+
+    return attack
+
+
+def undecodable_auth(count: int) -> Callable[[Target], Awaitable[str]]:
+    """`count` requests whose Authorization header is `Basic é` in raw UTF-8 bytes."""
+    request = (
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \xc3\xa9\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+
+    async def attack(target: Target) -> str:
+        written = target.log.stat().st_size
+        gate = asyncio.Semaphore(25)
+        statuses: Counter[str] = Counter()
+
+        async def one() -> None:
+            async with gate:
+                head, _, how = await exchange(target.port, request)
+            statuses[status_of(head, how)] += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(count)))
+        took = time.monotonic() - started
+        await asyncio.sleep(0.5)
+        written = target.log.stat().st_size - written
+        return f"{count} requests in {took:.1f} s: {counted(statuses)}; log written {size(written)}"
+
+    return attack
+
+
+async def reload_client(port: int, source: str, stop_at: float,
+                        statuses: Counter[str]) -> None:  # fmt: skip
+    """POST /-/reload back to back on a keep-alive connection until `stop_at`; reconnects
+    (after 0.1 s) when the server drops the connection or refuses it."""
+    request = b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    for _ in range(10_000):
+        if time.monotonic() >= stop_at:
+            return
+        writer: asyncio.StreamWriter | None = None
+        stage = "connect failed"
+        try:
+            async with asyncio.timeout(stop_at - time.monotonic()):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, local_addr=(source, 0)
+                )
+                for _ in range(100_000):
+                    stage = "dropped before an answer"
+                    writer.write(request)
+                    status = await reader.readline()
+                    if not status:
+                        raise ConnectionResetError
+                    length, close = 0, False
+                    while (line := await reader.readline()) not in (b"\r\n", b""):
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                        if name.strip().lower() == b"connection":
+                            close = b"close" in value.lower()
+                    await reader.readexactly(length)
+                    statuses[status[9:12].decode(errors="replace")] += 1
+                    if close:
+                        break
+        except TimeoutError:
+            statuses[
+                "waiting at the end" if stage != "connect failed" else "connecting at the end"
+            ] += 1
+            return
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            statuses[stage] += 1
+            await asyncio.sleep(0.1)
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+def reload_flood(clients: int, seconds: float, source: str) -> Callable[[Target], Awaitable[str]]:
+    async def attack(target: Target) -> str:
+        before = await asyncio.to_thread(log_events, target.log)
+        statuses: Counter[str] = Counter()
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(
+            *(reload_client(target.port, source, stop_at, statuses) for _ in range(clients))
+        )
+        await asyncio.sleep(1.0)
+        after = await asyncio.to_thread(log_events, target.log)
+        logged = Counter(str(e.get("event")) for _, e in after[len(before) :])
+        reloads = ", ".join(f"{logged[k]} x {k}" for k in ("reloaded", "reload_failed"))
+        return (
+            f"{clients} clients for {seconds:.0f} s: {counted(statuses)}; log: {reloads} "
+            f"({sum(logged.values())} lines)"
+        )
+
+    return attack
+
+
+def blank_stream(count: int, seconds: float) -> Callable[[Target], Awaitable[str]]:
+    """`count` connections, each one complete GET /-/healthy, 0.3 s later CRLFs as fast as
+    the server takes them, for `seconds` (at most 4 GiB a connection)."""
+    chunk = b"\r\n" * 8192
+    bound = 4 * 1024 * MIB // len(chunk)
+
+    async def attack(target: Target) -> str:
+        sent = [0] * count
+
+        def sender(index: int) -> Sender:
+            async def send(sock: socket.socket) -> None:
+                loop = asyncio.get_running_loop()
+                await loop.sock_sendall(sock, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+                await asyncio.sleep(0.3)  # its answer first: the CRLFs follow a finished request
+                stop_at = time.monotonic() + seconds
+                for _ in range(bound):
+                    if time.monotonic() >= stop_at:
+                        return
+                    await loop.sock_sendall(sock, chunk)
+                    sent[index] += len(chunk)
+
+            return send
+
+        gate = asyncio.Semaphore(100)
+        cpu, started = cpu_seconds(target.proc.pid), time.monotonic()
+        outcomes = await asyncio.gather(
+            *(hold(target.port, gate, seconds + 1, sender(i)) for i in range(count))
+        )
+        wall = time.monotonic() - started
+        with contextlib.suppress(OSError):
+            cpu = cpu_seconds(target.proc.pid) - cpu
+        closed = [o.closed_after for o in outcomes if o.closed_after is not None]
+        answered = sum(o.data.count(b"HTTP/1.1 200") for o in outcomes)
+        other = Counter(
+            status.decode(errors="replace")
+            for o in outcomes
+            for status in re.findall(rb"HTTP/1\.1 (\d\d\d [^\r\n]*)", o.data)
+            if not status.startswith(b"200")
+        )
+        ordered = sorted(sent)
+        return (
+            f"sent per connection {size(ordered[0])}/{size(statistics.median(ordered))}/"
+            f"{size(ordered[-1])} (min/p50/max, loopback buffers hold up to ~10 MB of it); "
+            f"{answered} x 200, other: {counted(other)}; closed after {spread(closed)} "
+            f"[{kinds(outcomes)}]; exporter CPU {cpu:.2f} s in {wall:.1f} s "
+            f"({cpu / wall * 100:.0f} % of a core)"
+        )
+
+    return attack
+
+
+def reload_bodies(sizes: tuple[int, ...]) -> Callable[[Target], Awaitable[str]]:
+    """POST /-/reload with a body of each size, head and body sent together."""
+
+    async def attack(target: Target) -> str:
+        seen = []
+        for length in sizes:
+            request = (
+                b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                + f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode()
+                + b"x" * length
+            )
+            head, _, how = await exchange(target.port, request, limit=RELOAD_TIMEOUT)
+            seen.append(f"{length // 1024} KiB: {status_of(head, how)}")
+        return "; ".join(seen)
+
+    return attack
+
+
+def landing_crowd(clients: int, seconds: float) -> Callable[[Target], Awaitable[str]]:
+    """`clients` concurrent clients, each GET / back to back (new connection each) for
+    `seconds` (at most 200 each)."""
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+    async def attack(target: Target) -> str:
+        statuses: Counter[str] = Counter()
+        took: list[float] = []
+        sizes: list[int] = []
+        stop_at = time.monotonic() + seconds
+
+        async def client() -> None:
+            for _ in range(200):
+                if time.monotonic() >= stop_at:
+                    return
+                started = time.monotonic()
+                head, total, how = await exchange(target.port, request, SCRAPER, limit=30)
+                took.append(time.monotonic() - started)
+                statuses[status_of(head, how)] += 1
+                sizes.append(total)
+
+        started = time.monotonic()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.monotonic() - started
+        p50 = statistics.median(took) * 1000 if took else float("nan")
+        return (
+            f"{len(took):,} GET / in {wall:.1f} s: {counted(statuses)}; page "
+            f"{size(statistics.median(sizes) if sizes else 0)}; GET / p50 {p50:.0f} ms, "
+            f"max {max(took, default=0) * 1000:.0f} ms"
+        )
+
+    return attack
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -718,7 +1138,7 @@ def run_connection_attacks(plan: Plan) -> None:
                                  ("2", True, "TLS handshake stalled after 50 bytes")):  # fmt: skip
         if plan.wants(number):
             with exporter(d, number, "--demo", web_tls, tls=context) as target:
-                row = measure(number, label, f"{n_tls:,} conns, cap 1000", target,
+                row = measure(number, label, f"{n_tls:,} conns, cap {max_connections()}", target,
                               stalled_tls(n_tls, hello), plan.settle)  # fmt: skip
             plan.add(row, target)
     if plan.wants("4"):
@@ -803,6 +1223,76 @@ def run_reload_attacks(plan: Plan) -> None:
             plan.add(row, target)
 
 
+def run_answer_attacks(plan: Plan) -> None:
+    d = plan.directory
+    digits = {"code": "0", "data": {"totalAllocation": 1, "totalCapacity": 1,
+                                    "totalUsed": "9" * 5000}}  # fmt: skip
+    cases = (
+        ("D1", "Upstream `totalUsed` of 5,000 digits (past int()'s 4,300)", 200, 1,
+         json.dumps(digits).encode(), 0),
+        ("D2", "Upstream `code` of 900 KB", 401, 100,
+         json.dumps({"code": "X" * 900_000}).encode(), 4),
+        ("D3", "Upstream `code` with a lone surrogate", 200, 1, b'{"code":"E\\ud800"}', 0),
+    )  # fmt: skip
+    for number, label, status, accounts, body, landings in cases:
+        if not plan.wants(number):
+            continue
+        with fixed_upstream(d, number, status, body) as url:
+            config = write_config(d, accounts, url, "60s")
+            with exporter(d, number, f"--config.file={config}", ready=True,
+                          ready_timeout=120) as target:  # fmt: skip
+                scale = f"{accounts} account(s), answer {status} of {size(len(body))}"
+                row = measure(number, label, scale, target, lasting(3.0, hostile_answer(landings)),
+                              plan.settle)  # fmt: skip
+            plan.add(row, target)
+
+
+def run_edge_findings(plan: Plan) -> None:
+    d = plan.directory
+    if plan.wants("D4"):
+        hashed = bcrypt.hashpw(b"correct horse", bcrypt.gensalt(10)).decode()
+        web_file = d / "web-auth-d4.yml"
+        web_file.write_text(f"basic_auth_users:\n  alice: {hashed}\n")
+        with exporter(d, "D4", "--demo", f"--web.config.file={web_file}") as target:
+            row = measure("D4", "`Authorization: Basic é` (raw UTF-8 bytes)",
+                          "500 requests, 25 at a time, basic auth on", target,
+                          lasting(3.0, undecodable_auth(500)), plan.settle)  # fmt: skip
+        plan.add(row, target)
+    lifecycle = (
+        ("D5", "Reload flood, 1,100 looping POST /-/reload", 10_000,
+         f"1,100 clients for 20 s, 10,000 accounts, cap {max_connections()}",
+         reload_flood(1100, 20.0, RELOADER)),
+        ("D7", "POST /-/reload with a body", 1, "40, 60 and 80 KiB bodies, 1 account",
+         lasting(3.0, reload_bodies((40 * 1024, 60 * 1024, 80 * 1024)))),
+        ("R2", "Reload flood, a few looping POST /-/reload", 1, "4 clients for 30 s, 1 account",
+         reload_flood(4, 30.0, RELOADER)),
+    )  # fmt: skip
+    for number, label, accounts, scale, body in lifecycle:
+        if not plan.wants(number):
+            continue
+        with simulated(d, accounts, number) as url:
+            config = write_config(d, accounts, url, "60s")
+            with exporter(d, number, f"--config.file={config}", "--web.enable-lifecycle",
+                          ready=True, ready_timeout=120) as target:  # fmt: skip
+                row = measure(number, label, scale, target, body, plan.settle)
+            plan.add(row, target)
+    if plan.wants("D6"):
+        with exporter(d, "D6", "--demo") as target:
+            row = measure("D6", "One complete GET, then CRLF streamed without end",
+                          "16 conns for 20 s", target, lasting(5.0, blank_stream(16, 20.0)),
+                          plan.settle)  # fmt: skip
+        plan.add(row, target)
+    if plan.wants("R1"):
+        with simulated(d, 10_000, "R1") as url:
+            config = write_config(d, 10_000, url, "60s")
+            with exporter(d, "R1", f"--config.file={config}", ready=True,
+                          ready_timeout=120) as target:  # fmt: skip
+                row = measure("R1", "GET / from 200 concurrent clients",
+                              "200 clients looping for 10 s, 10,000 accounts", target,
+                              landing_crowd(200, 10.0), plan.settle)  # fmt: skip
+            plan.add(row, target)
+
+
 def describe() -> str:
     def out(*args: str) -> str:
         try:
@@ -825,14 +1315,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller scale, attacks 1, 4, 6, 7a")
     parser.add_argument("--only", default="", help="comma-separated attack numbers, e.g. 1,5,7")
     parser.add_argument("--keep-logs", action="store_true", help="print the temp dir, keep it")
+    parser.add_argument("--serve-fixed", help=argparse.SUPPRESS)  # the fixed-answer server
+    parser.add_argument("--status", type=int, default=200, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_fixed:
+        serve_fixed(args.serve_fixed, args.status, args.port)
+        return 0
 
     def bail(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)  # unwinds through every finally: processes stop
 
     signal.signal(signal.SIGTERM, bail)
     signal.signal(signal.SIGALRM, bail)
-    signal.alarm(240 if args.quick else 720)
+    signal.alarm(240 if args.quick else 1500)
     started = time.monotonic()
     only = {part.strip() for part in args.only.split(",") if part.strip()}
     tmp = tempfile.mkdtemp(prefix="hostile-")
@@ -850,6 +1346,8 @@ def main() -> int:
             run_scrape_attack(plan)
             run_password_flood(plan)
             run_reload_attacks(plan)
+            run_answer_attacks(plan)
+            run_edge_findings(plan)
         finally:
             signal.alarm(0)
             print(f"\nHostile-client bench, {describe()}, {time.monotonic() - started:.0f} s; "
