@@ -79,6 +79,23 @@ async def exchange(port: int, request: bytes, source: str = "127.0.0.1") -> byte
     return data
 
 
+class count_reloads:
+    """Counts the reloads that run, by wrapping the server's reload_config until restored."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._real = server_module.reload_config
+
+        async def counted(app):
+            self.count += 1
+            return await self._real(app)
+
+        server_module.reload_config = counted  # type: ignore[assignment]
+
+    def restore(self) -> None:
+        server_module.reload_config = self._real  # type: ignore[assignment]
+
+
 # --- D4: undecodable credentials ---------------------------------------------------------
 
 
@@ -116,15 +133,7 @@ async def test_waiting_reloads_are_evictable_and_coalesce(tmp_path: Path) -> Non
     another address are all answered, and the reloads run one at a time, each shared by
     every request that waited for it."""
     async with running(tmp_path, accounts=2000, max_connections=20) as served:
-        runs = 0
-        real = server_module.reload_config
-
-        async def counted(app):
-            nonlocal runs
-            runs += 1
-            return await real(app)
-
-        server_module.reload_config = counted  # type: ignore[assignment]
+        runs = count_reloads()
         stop_at = time.monotonic() + 3.0
         statuses: list[int] = []
 
@@ -148,12 +157,12 @@ async def test_waiting_reloads_are_evictable_and_coalesce(tmp_path: Path) -> Non
                     await asyncio.sleep(0.05)
             await asyncio.gather(*flood)
         finally:
-            server_module.reload_config = real  # type: ignore[assignment]
+            runs.restore()
         assert probes
         assert {status for status, _ in probes} == {200}
         assert served.app[EDGE].evicted > 0  # the waiting reloads made room
         assert set(statuses) <= {200}
-        assert len(statuses) > runs  # shared: fewer reloads ran than were answered
+        assert len(statuses) > runs.count  # shared: fewer reloads ran than were answered
 
 
 # --- D6: blank lines without end -----------------------------------------------------------
@@ -402,15 +411,7 @@ async def test_reloads_requested_without_end_run_half_the_time_at_most(tmp_path:
     """Four clients loop POST /-/reload for 1.5 s: each reload waits as long as the last one
     took (0.1 s at least), so a few ms reloads run about ten times a second, not hundreds."""
     async with running(tmp_path) as served:
-        runs = 0
-        real = server_module.reload_config
-
-        async def counted(app):
-            nonlocal runs
-            runs += 1
-            return await real(app)
-
-        server_module.reload_config = counted  # type: ignore[assignment]
+        runs = count_reloads()
         stop_at = time.monotonic() + 1.5
         answered = 0
 
@@ -425,6 +426,6 @@ async def test_reloads_requested_without_end_run_half_the_time_at_most(tmp_path:
         try:
             await asyncio.gather(*(client() for _ in range(4)))
         finally:
-            server_module.reload_config = real  # type: ignore[assignment]
-        assert 5 <= runs <= 17, runs
-        assert answered >= runs
+            runs.restore()
+        assert 5 <= runs.count <= 17, runs.count
+        assert answered >= runs.count
