@@ -1,17 +1,20 @@
-"""The /metrics body, pre-rendered: scrapes serve cached bytes, rendering follows the data.
+"""The /metrics body, pre-rendered in chunks: scrapes serve cached bytes, and rendering
+follows the data a chunk at a time, so no scrape holds the event loop for long.
 
 prometheus_client renders the whole registry on every scrape (a custom Collector with 1,000
 accounts: about 30 ms for collect and render, 2026-11-30 on this project's 2-core machine,
-synchronously on the event loop). Here the lines of an account are rendered when its poll
-lands (tens of microseconds, spread over the interval as the polls are); the next scrape
-re-joins the changed accounts' chunks (CHUNK accounts each) with the ready-made bytes of the
-others, and gzips a large body in a worker thread (zlib releases the GIL) from deflate
-segments cached per piece, so only changed chunks are compressed; chunks whose polls have
-all landed are compressed between scrapes (settle). The event loop keeps answering probes
-and landing polls meanwhile. Metrics the table marks
-`stale` leave the body once their collector's last success is older than its stale_after,
-which a deadline heap notices without looking at every account. The process and GC
-metrics come from prometheus_client's own collectors, refreshed at most once a second.
+synchronously on the event loop; 10,000 accounts: 125 ms). Here the body is made of chunks
+(CHUNK accounts' lines of one family each). A chunk is rendered anew only when a poll of one
+of its accounts has landed (the state notes which) or one of its series went stale, and a
+scrape renders the changed chunks one at a time, yielding to the loop between them (about
+2.5 ms each), before joining them with the ready-made bytes of the others. So the first
+scrape after start or after a reload, which renders everything, takes the loop's time in
+slices too. A large body is gzipped in a worker thread (zlib releases the GIL) from deflate
+segments kept with each chunk, so only changed chunks are compressed; chunks no poll has
+touched for a second are rendered and compressed between scrapes (settle). Metrics the
+table marks `stale` leave the body once their collector's last success is older than its
+stale_after, which a deadline heap notices without looking at every account. The process
+and GC metrics come from prometheus_client's own collectors, refreshed at most once a second.
 
 What is rendered comes from the table in `metrics.py`. Two formats share the sample lines,
 which are the same in both: the Prometheus text format 0.0.4, and OpenMetrics 1.0.0, which
@@ -29,7 +32,7 @@ import math
 import struct
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -180,20 +183,23 @@ def global_text(state: ExporterState, headers: tuple[str, ...]) -> str:
 
 
 class _Body:
-    """One format's joined body, its gzip, its share of the process metrics, and its headers."""
+    """One format's joined body, its gzip, and its share of the process metrics.
+
+    The body is current while the state's version is `version` and the clock is before
+    `until` (a series' stale deadline or the process metrics' refresh, whichever is first).
+    """
 
     __slots__ = (
         "account_headers",
+        "basis",
         "body",
         "built_at",
-        "built_of",
         "compressing",
         "format",
-        "generation",
         "global_headers",
         "gzipped",
-        "gzipped_of",
-        "pieces",
+        "header_segments",
+        "parts",
         "process",
         "process_until",
         "until",
@@ -203,30 +209,26 @@ class _Body:
     def __init__(self, fmt: Format) -> None:
         self.format = fmt
         self.account_headers = [header(m, fmt.openmetrics).encode() for m in ACCOUNT_METRICS]
+        self.header_segments: list[bytes | None] = [None] * len(ACCOUNT_METRICS)
         self.global_headers = tuple(header(m, fmt.openmetrics) for m in GLOBAL_METRICS)
         self.body = b""
-        # The non-empty parts `body` was joined from: headers, chunks, then the rest; the
-        # unit in which gzip is cached (Exposition._segments).
-        self.pieces: tuple[bytes, ...] = ()
-        # When the body was built, and the state's generation it was built from.
-        self.built_at = -math.inf
-        self.built_of = -1
-        # The gzip of `gzipped_of`, good while that is still `body`; and a compression in a
-        # worker thread, with the body it compresses.
-        self.gzipped: bytes | None = None
-        self.gzipped_of: bytes | None = None
-        self.compressing: tuple[bytes, asyncio.Future[bytes]] | None = None
-        # The body is good while the state's version is `version` and the clock is before
-        # `until` (a stale deadline or the next process metrics refresh, whichever is first).
+        # The non-empty pieces `body` was joined from, each with where its deflate segment
+        # is kept: ("h", family) a header, (family, chunk) a chunk, None for the rest.
+        self.parts: list[tuple[bytes, tuple[object, int] | None]] = []
         self.version = -1
-        self.until = 0.0
-        self.generation = -1
+        self.until = -math.inf
+        # When it was built, and from which account list and reload status (see _young).
+        self.built_at = -math.inf
+        self.basis: tuple[object, object] = (None, None)
+        # (body, its gzip), and a compression in a worker thread (body, future).
+        self.gzipped: tuple[bytes, bytes] = (b"", b"")
+        self.compressing: tuple[bytes, asyncio.Future[tuple[bytes, list[bytes]]]] | None = None
         self.process = b""
-        self.process_until = 0.0
+        self.process_until = -math.inf
 
 
 class Exposition:
-    """Owns the cached bodies; `render()` returns one, rebuilding only what changed."""
+    """Owns the cached bodies; `render_async()` returns one, rendering only what changed."""
 
     def __init__(
         self,
@@ -237,9 +239,10 @@ class Exposition:
         rebuild_after: float = 0.0,
     ) -> None:
         """`rebuild_after`: a body younger than this is served as it is, even if polls have
-        landed since. With hundreds of polls landing a second, rebuilding for every scrape
-        would rebuild for nearly every request; a quarter of a second of lag is nothing to a
-        scraper that comes every 15 s, and bounds the rebuilds to a few a second."""
+        landed since (not after a reload). With hundreds of polls landing a second,
+        rebuilding for every scrape would rebuild for nearly every request; a quarter of a
+        second of lag is nothing to a scraper that comes every 15 s, and bounds the rebuilds
+        to a few a second."""
         self._state = state
         self._rebuild_after = rebuild_after
         self._clock = clock
@@ -247,194 +250,224 @@ class Exposition:
         if process_metrics:
             ProcessCollector(registry=self._process)
             GCCollector(registry=self._process)
-        self._layout = -1
-        self._version = -1
-        self._generation = 0  # bumped whenever the shared chunks or global values change
+        self._bodies = (_Body(TEXT), _Body(OPENMETRICS))  # indexed by Format.openmetrics
+        # One rendering at a time: the chunks are shared, and rendering yields to the loop.
+        self._lock = asyncio.Lock()
+        # The layout: the state's account dict it was made from, and per account its lines
+        # (None: to render anew) and, per slot of _SOURCES, until when they may be shown.
+        self._accounts: object = None
         self._names: list[str] = []
         self._index: dict[str, int] = {}
-        # Accounts whose poll landed before the first layout, rendered at the next update.
-        self._landed: set[str] = set()
-        self._lines: list[tuple[str, ...]] = []
-        # Per account, per slot of _SOURCES: until when that collector's rows may be shown.
+        self._lines: list[tuple[str, ...] | None] = []
         self._deadlines: list[tuple[float, ...]] = []
-        self._chunks: list[list[bytes]] = []  # [metric][chunk] -> bytes, shared by formats
-        self._dirty: set[int] = set()
-        # Per chunk: when a poll last landed in it (the clock's reading), for settle().
-        self._touched: list[float] = []
-        self._stale_heap: list[tuple[float, str]] = []
-        self._valid_until = 0.0
-        self._bodies = (_Body(TEXT), _Body(OPENMETRICS))  # indexed by Format.openmetrics
-        # Per row of ACCOUNT_METRICS: whether its family is in the body. The families of a
-        # collector that no account runs are left out, so a config without them renders
-        # exactly as before they existed.
+        # Per row of ACCOUNT_METRICS: whether its family is in the body (the families of a
+        # collector no account runs are left out, so such a config renders as it did before
+        # they existed); per row and chunk: its bytes and their deflate segment, if made.
         self._shown: tuple[bool, ...] = ()
-        # Per piece of a current body (by identity; the entry keeps the piece alive): its
-        # deflate segment. A chunk is one piece, so a scrape compresses the chunks that
-        # changed since the last, not the whole body.
-        self._segments: dict[int, tuple[bytes, bytes]] = {}
-        state.listen(self._on_landed)
-
-    def _on_landed(self, name: str) -> None:
-        """Render the account's lines now, while it is one account, not at the next scrape,
-        when thousands may have landed; until the first layout, just remember it."""
-        index = self._index.get(name) if self._state.layout == self._layout else None
-        if index is None:
-            self._landed.add(name)
-        else:
-            self._refresh(index, self._clock())
+        self._chunks: list[list[bytes]] = []
+        self._segments: list[list[bytes | None]] = []
+        # Chunks to render anew; per chunk, when a poll last landed in it (for settle).
+        self._dirty: set[int] = set()
+        self._touched: list[float] = []
+        self._stale_heap: list[tuple[float, int]] = []  # (deadline, account index)
 
     async def render_async(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
-        """render(), with a large body's gzip made in a worker thread from cached segments:
-        only the pieces new since the last compression are compressed. Concurrent scrapes
-        of one body share one compression; a body that changed meanwhile is compressed
-        anew."""
-        if not self._young(self._bodies[fmt.openmetrics], self._clock()):
-            await self._render_dirty()
-        body = self.render(fmt)
-        if not gzipped or len(body) < THREAD_GZIP_BYTES:
-            return self.render(fmt, gzipped=gzipped)
+        """The body, rendered in slices that yield to the loop; a large body's gzip made in
+        a worker thread from the chunks' segments, made anew only for chunks that changed.
+        Concurrent scrapes of one body share one compression."""
         cache = self._bodies[fmt.openmetrics]
-        if cache.gzipped is not None and cache.gzipped_of is body:
-            return cache.gzipped
+        if not self._current(cache, self._clock()):
+            async with self._lock:
+                now = self._clock()
+                if not self._current(cache, now):
+                    for _ in self._steps(now):
+                        await asyncio.sleep(0)
+                    self._assemble(cache, now)
+        body = cache.body
+        if not gzipped:
+            return body
+        if cache.gzipped[0] is body:
+            return cache.gzipped[1]
+        if len(body) < THREAD_GZIP_BYTES:
+            cache.gzipped = (body, _compress(body))
+            return cache.gzipped[1]
         if cache.compressing is None or cache.compressing[0] is not body:
-            if cache.body is body:
-                pieces = cache.pieces
-                known = [self._segment(piece) for piece in pieces]
-                work = asyncio.to_thread(_gzip_segments, body, pieces, known)
-                job = asyncio.ensure_future(work)
-                job.add_done_callback(lambda done: self._keep(pieces, done))
-            else:  # not a body of ours (a test's stand-in): compressed whole
-                job = asyncio.ensure_future(asyncio.to_thread(_gzip_whole, body))
+            parts = cache.parts
+            known = [self._segment(cache, where) for _, where in parts]
+            pieces = [piece for piece, _ in parts]
+            job = asyncio.ensure_future(asyncio.to_thread(_gzip_segments, body, pieces, known))
+            job.add_done_callback(lambda done: self._keep(cache, parts, done))
             cache.compressing = (body, job)
-        job = cache.compressing[1]
-        compressed, _ = await asyncio.shield(job)
+        compressed, _ = await asyncio.shield(cache.compressing[1])
         if cache.body is body:
-            cache.gzipped, cache.gzipped_of = compressed, body
-        if cache.compressing is not None and cache.compressing[1] is job:
-            cache.compressing = None
+            cache.gzipped = (body, compressed)
         return compressed
 
-    def _segment(self, piece: bytes) -> bytes | None:
-        entry = self._segments.get(id(piece))
-        return entry[1] if entry is not None and entry[0] is piece else None
+    def render(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
+        """render_async() in one go, on the loop: for tests and tools."""
+        cache = self._bodies[fmt.openmetrics]
+        now = self._clock()
+        if not self._current(cache, now):
+            for _ in self._steps(now):
+                pass
+            self._assemble(cache, now)
+        if not gzipped:
+            return cache.body
+        if cache.gzipped[0] is not cache.body:
+            cache.gzipped = (cache.body, _compress(cache.body))
+        return cache.gzipped[1]
 
-    def _keep(self, pieces: tuple[bytes, ...], done: asyncio.Future[tuple[bytes, list]]) -> None:
-        """Remember a compression's segments for the pieces the bodies still use; forget
-        those of pieces they no longer use (a re-rendered chunk is a new piece)."""
-        if done.cancelled() or done.exception() is not None:
-            return
-        self._remember(pieces, done.result()[1])
-
-    def _remember(self, pieces: Sequence[bytes], segments: Sequence[bytes]) -> None:
-        """Keep the segments of pieces in use (in a body, or a chunk's current bytes) and
-        drop every other: the cache never holds more than about one body's worth."""
-        live = {id(piece) for body in self._bodies for piece in body.pieces}
-        live.update(id(piece) for family in self._chunks for piece in family)
-        kept = {key: entry for key, entry in self._segments.items() if key in live}
-        for piece, segment in zip(pieces, segments, strict=True):
-            if id(piece) in live:
-                kept[id(piece)] = (piece, segment)
-        self._segments = kept
+    def _current(self, cache: _Body, now: float) -> bool:
+        """Whether the body may be served: nothing changed since it was built and nothing
+        went stale; or it is young, and only polls have landed since (a reload, a new
+        account list show at the very next scrape)."""
+        state = self._state
+        if cache.version == state.version and now < cache.until:
+            return True
+        basis = (state.accounts, state.reload)
+        young = now - cache.built_at < self._rebuild_after
+        return young and cache.basis[0] is basis[0] and cache.basis[1] is basis[1]
 
     async def settle(self) -> None:
         """Render and compress, between scrapes, the chunks whose polls have all landed.
 
         Polls land in list order (each account keeps its slot), so at any moment only the
         chunk or two where the slots are now change; the others were last touched a while
-        ago and will not change until their slots come round again. Compressing those now,
-        once per interval each, leaves a scrape only the chunks still changing: its time no
-        longer grows with the share of the body that changed since the last scrape. Only for
-        bodies large enough to be compressed in a worker thread anyway."""
+        ago and will not change until their slots come round again. Rendering and
+        compressing those now, once per interval each, leaves a scrape only the chunks still
+        changing: its time no longer grows with the share of the body that changed since
+        the last scrape. Only for bodies large enough to be compressed in a worker thread."""
         while True:
             await asyncio.sleep(SETTLE_PERIOD)
-            largest = max(len(body.body) for body in self._bodies)
-            if largest >= THREAD_GZIP_BYTES and self._state.layout == self._layout:
-                await self._settle_quiet(self._clock())
+            await self.settle_once()
 
-    async def _settle_quiet(self, now: float) -> None:
-        quiet = [c for c in self._dirty if now - self._touched[c] >= SETTLE_QUIET]
-        rendered: list[bytes] = []
-        for chunk in quiet:
-            if self._state.layout != self._layout:
-                return  # a reload: the next render lays everything out anew
-            if chunk in self._dirty:
-                self._dirty.discard(chunk)
-                self._render_chunk(chunk, self._clock())
-                self._generation += 1
-                rendered += [family[chunk] for family in self._chunks if family[chunk]]
-                await asyncio.sleep(0)
-        if not rendered:
+    async def settle_once(self) -> None:
+        """One pass of settle(): render the quiet dirty chunks, then compress every chunk
+        without a segment that is not dirty."""
+        if max(len(body.body) for body in self._bodies) < THREAD_GZIP_BYTES:
             return
-        segments = await asyncio.to_thread(lambda: [_deflate(piece) for piece in rendered])
-        self._remember(rendered, segments)
-
-    async def _render_dirty(self) -> None:
-        """Re-join the chunks dirty now one at a time, yielding to the loop after each, so
-        a scrape of a large body never holds the loop for longer than one chunk (render()
-        then finds them done). Chunks dirtied meanwhile are left to render()."""
-        for chunk in list(self._dirty):
-            if self._state.layout != self._layout:
-                return  # a reload: render() lays everything out anew
-            if chunk in self._dirty:
-                self._dirty.discard(chunk)
-                self._render_chunk(chunk, self._clock())
-                self._generation += 1
+        async with self._lock:
+            now = self._clock()
+            for _ in self._steps(now, quiet=now - SETTLE_QUIET):
                 await asyncio.sleep(0)
+            todo = [
+                (family, chunk, piece)
+                for family, chunks in enumerate(self._chunks)
+                for chunk, piece in enumerate(chunks)
+                if piece and self._segments[family][chunk] is None and chunk not in self._dirty
+            ]
+        if todo:
+            made = await asyncio.to_thread(_deflate_all, [piece for *_, piece in todo])
+            for (family, chunk, piece), segment in zip(todo, made, strict=True):
+                self._store(family, chunk, piece, segment)
 
-    def render(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
-        now = self._clock()
-        cache = self._bodies[fmt.openmetrics]
-        outdated = now >= cache.until or cache.version != self._state.version
-        if outdated and not self._young(cache, now):
-            self._catch_up(cache, now)
-            cache.built_at, cache.built_of = now, self._state.generation
-        if not gzipped:
-            return cache.body
-        if cache.gzipped is None or cache.gzipped_of is not cache.body:
-            cache.gzipped, cache.gzipped_of = _compress(cache.body), cache.body
-        return cache.gzipped
+    def _segment(self, cache: _Body, where: tuple[object, int] | None) -> bytes | None:
+        if where is None:
+            return None
+        family, index = where
+        if family == "h":
+            return cache.header_segments[index]
+        return self._segments[family][index]  # type: ignore[index]
 
-    def _young(self, cache: _Body, now: float) -> bool:
-        """Recent enough to serve although polls have landed since (not after a reload)."""
-        fresh = now - cache.built_at < self._rebuild_after
-        return fresh and cache.built_of == self._state.generation
+    def _keep(
+        self,
+        cache: _Body,
+        parts: list[tuple[bytes, tuple[object, int] | None]],
+        done: asyncio.Future[tuple[bytes, list[bytes]]],
+    ) -> None:
+        """Keep a compression's segments with the chunks (and headers) they are of, where
+        those are still the same bytes: a chunk rendered meanwhile starts without one."""
+        if cache.compressing is not None and cache.compressing[1] is done:
+            cache.compressing = None
+        if done.cancelled() or done.exception() is not None:
+            return
+        for (piece, where), segment in zip(parts, done.result()[1], strict=True):
+            if where is not None and where[0] == "h":
+                cache.header_segments[where[1]] = segment
+            elif where is not None:
+                self._store(where[0], where[1], piece, segment)  # type: ignore[arg-type]
 
-    def _catch_up(self, cache: _Body, now: float) -> None:
+    def _store(self, family: int, chunk: int, piece: bytes, segment: bytes) -> None:
+        if chunk < len(self._chunks[family]) and self._chunks[family][chunk] is piece:
+            self._segments[family][chunk] = segment
+
+    def _steps(self, now: float, quiet: float = math.inf) -> Iterator[None]:
+        """Bring the chunks up to date with the state, one chunk a step (the caller yields
+        to the loop between steps); with `quiet`, only chunks no poll touched since then."""
+        self._take(now)
+        layout = self._accounts
+        for chunk in sorted(self._dirty):
+            if self._accounts is not layout:
+                return  # laid out anew meanwhile (by render()): the next look starts over
+            if chunk in self._dirty and self._touched[chunk] <= quiet:
+                self._dirty.discard(chunk)
+                self._render_chunk(chunk, now)
+                yield
+
+    def _take(self, now: float) -> None:
+        """Learn what changed in the state since the last look: a new account list (lay the
+        body out anew, every account to render), the accounts whose polls landed, and the
+        series whose stale deadline passed."""
         state = self._state
-        if (
-            state.layout != self._layout
-            or state.version != self._version
-            or now > self._valid_until
-        ):
-            self._update(now)
-        if cache.generation != self._generation or now >= cache.process_until:
-            self._assemble(cache, now)
-        cache.version = state.version
-        cache.until = min(cache.process_until, self._valid_until)
-
-    def _update(self, now: float) -> None:
-        state = self._state
-        if state.layout != self._layout:
-            self._relayout(now)  # which reads every account, changed or not
-        else:
-            for name in self._landed:
-                index = self._index.get(name)
-                if index is not None:
-                    self._refresh(index, now)
-        self._landed.clear()
-        while self._stale_heap and self._stale_heap[0][0] < now:
-            _, name = heapq.heappop(self._stale_heap)
+        if state.accounts is not self._accounts:
+            self._layout(now)
+        for name in state.take_landed():
             index = self._index.get(name)
-            if index is not None:  # its lines are unchanged; its chunk filters them anew
+            if index is not None:
+                self._lines[index] = None
                 self._dirty.add(index // CHUNK)
-        for chunk in self._dirty:
-            self._render_chunk(chunk, now)
-        self._dirty.clear()
-        self._generation += 1
-        self._layout, self._version = state.layout, state.version
-        self._valid_until = self._stale_heap[0][0] if self._stale_heap else math.inf
+                self._touched[index // CHUNK] = now
+        while self._stale_heap and self._stale_heap[0][0] < now:
+            _, index = heapq.heappop(self._stale_heap)
+            self._dirty.add(index // CHUNK)  # its lines are unchanged; its chunk filters them
+
+    def _layout(self, now: float) -> None:
+        accounts = self._state.accounts
+        running = {name for account in accounts.values() for name in account.collectors}
+        self._shown = tuple(
+            metric.source in running or metric.source not in _SOURCES for metric in ACCOUNT_METRICS
+        )
+        self._accounts = accounts
+        self._names = list(accounts)
+        self._index = {name: i for i, name in enumerate(self._names)}
+        self._lines = [None] * len(accounts)
+        self._deadlines = [()] * len(accounts)
+        chunks = (len(accounts) + CHUNK - 1) // CHUNK
+        self._chunks = [[b""] * chunks for _ in ACCOUNT_METRICS]
+        self._segments = [[None] * chunks for _ in ACCOUNT_METRICS]
+        self._dirty = set(range(chunks))
+        self._touched = [-math.inf] * chunks  # settle may render them at once
+        self._stale_heap = []
+
+    def _render_chunk(self, chunk: int, now: float) -> None:
+        """The chunk's accounts' lines (those to render anew first), without the rows that
+        went stale, joined per family."""
+        accounts = self._state.accounts
+        rows = range(chunk * CHUNK, min((chunk + 1) * CHUNK, len(self._lines)))
+        for index in rows:
+            if self._lines[index] is None:
+                name = self._names[index]
+                account = accounts[name]
+                self._lines[index] = account_lines(name, account)
+                self._deadlines[index] = deadlines = _deadlines(account)
+                for deadline in deadlines:
+                    if deadline >= now:
+                        heapq.heappush(self._stale_heap, (deadline, index))
+        lines = [self._lines[index] or _NOTHING for index in rows]
+        deadlines = [self._deadlines[index] for index in rows]
+        fresh = [
+            [row for row, until in zip(lines, deadlines, strict=True) if now <= until[slot]]
+            for slot in range(len(_SOURCES))
+        ]
+        for family, slot in enumerate(_STALE_SLOTS):
+            pieces = [row[family] for row in (lines if slot is None else fresh[slot])]
+            self._chunks[family][chunk] = "".join(pieces).encode()
+            self._segments[family][chunk] = None
 
     def _assemble(self, cache: _Body, now: float) -> None:
+        """Join the body from the headers, the chunks, the exporter-wide metrics and the
+        process metrics (refreshed at most once a PROCESS_TTL)."""
+        state = self._state
         openmetrics = cache.format.openmetrics
         if now >= cache.process_until:
             if openmetrics:  # its own # EOF goes; the body ends with one
@@ -443,74 +476,27 @@ class Exposition:
             else:
                 cache.process = generate_latest(self._process)
             cache.process_until = now + PROCESS_TTL
-        parts: list[bytes] = []
-        rows = zip(cache.account_headers, self._chunks, self._shown, strict=True)
-        for head, chunks, shown in rows:
+        parts: list[tuple[bytes, tuple[object, int] | None]] = []
+        for family, shown in enumerate(self._shown):
             if shown:
-                parts.append(head)
-                parts.extend(chunks)
-        parts.append(global_text(self._state, cache.global_headers).encode())
-        parts.append(cache.process)
+                parts.append((cache.account_headers[family], ("h", family)))
+                parts += [
+                    (piece, (family, chunk)) for chunk, piece in enumerate(self._chunks[family])
+                ]
+        parts.append((global_text(state, cache.global_headers).encode(), None))
+        parts.append((cache.process, None))
         if openmetrics:
-            parts.append(EOF)
-        cache.pieces = tuple(part for part in parts if part)
-        cache.body = b"".join(cache.pieces)
-        cache.generation = self._generation
-
-    def _relayout(self, now: float) -> None:
-        accounts = self._state.accounts
-        running = {name for account in accounts.values() for name in account.collectors}
-        self._shown = tuple(
-            metric.source in running or metric.source not in _SOURCES for metric in ACCOUNT_METRICS
-        )
-        self._names = list(accounts)
-        self._index = {name: i for i, name in enumerate(self._names)}
-        self._lines = [account_lines(name, account) for name, account in accounts.items()]
-        self._deadlines = [_deadlines(account) for account in accounts.values()]
-        chunks = (len(self._names) + CHUNK - 1) // CHUNK
-        self._chunks = [[b""] * chunks for _ in ACCOUNT_METRICS]
-        self._touched = [now] * chunks
-        # A passed deadline is not pushed: those rows of the account render stale right away.
-        self._stale_heap = [
-            (deadline, name)
-            for name, deadlines in zip(self._names, self._deadlines, strict=True)
-            for deadline in deadlines
-            if deadline >= now
-        ]
-        heapq.heapify(self._stale_heap)
-        # Anew: a chunk of the old layout may not exist in this one (fewer accounts).
-        self._dirty = set(range(chunks))
-
-    def _refresh(self, index: int, now: float) -> None:
-        name = self._names[index]
-        account = self._state.accounts[name]
-        self._lines[index] = account_lines(name, account)
-        self._deadlines[index] = deadlines = _deadlines(account)
-        for deadline in deadlines:
-            if deadline >= now:
-                heapq.heappush(self._stale_heap, (deadline, name))
-        self._dirty.add(index // CHUNK)
-        self._touched[index // CHUNK] = now
-
-    def _render_chunk(self, chunk: int, now: float) -> None:
-        rows = slice(chunk * CHUNK, (chunk + 1) * CHUNK)
-        lines = self._lines[rows]
-        deadlines = self._deadlines[rows]
-        fresh = [
-            [row for row, until in zip(lines, deadlines, strict=True) if now <= until[slot]]
-            for slot in range(len(_SOURCES))
-        ]
-        for family, slot in enumerate(_STALE_SLOTS):
-            pieces = [row[family] for row in (lines if slot is None else fresh[slot])]
-            self._chunks[family][chunk] = "".join(pieces).encode()
+            parts.append((EOF, None))
+        cache.parts = [(piece, where) for piece, where in parts if piece]
+        cache.body = b"".join(piece for piece, _ in cache.parts)
+        cache.version = state.version
+        stale = self._stale_heap[0][0] if self._stale_heap else math.inf
+        cache.until = min(cache.process_until, stale)
+        cache.built_at, cache.basis = now, (state.accounts, state.reload)
 
 
 def _compress(body: bytes) -> bytes:
     return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-
-
-def _gzip_whole(body: bytes) -> tuple[bytes, list[bytes]]:
-    return _compress(body), []
 
 
 def _deflate(piece: bytes) -> bytes:
@@ -520,8 +506,12 @@ def _deflate(piece: bytes) -> bytes:
     return compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
+def _deflate_all(pieces: list[bytes]) -> list[bytes]:
+    return [_deflate(piece) for piece in pieces]
+
+
 def _gzip_segments(
-    body: bytes, pieces: tuple[bytes, ...], known: list[bytes | None]
+    body: bytes, pieces: list[bytes], known: list[bytes | None]
 ) -> tuple[bytes, list[bytes]]:
     """One ordinary gzip member (RFC 1952) of `body`, the concatenation of `pieces`: its
     deflate stream is the pieces' segments (those `known`, the rest compressed here) and a

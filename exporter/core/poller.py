@@ -1,16 +1,24 @@
-"""The asyncio scheduler: one loop per collector of each account, polling in the background.
+"""The scheduler: one heap of due polls, one timer, a bounded number of polls in flight.
 
 Polling on a timer, not on scrape, keeps HA Prometheus pairs and probes from multiplying
 upstream calls, and keeps every scrape independent of the network (docs/design.md section
-2). Each loop awaits its own poll, retries included, before scheduling the next, so two
-polls of one collector never overlap, and a hung account only ever delays itself. Which
-endpoint a collector polls is data (core/endpoints.py); the loops do not care.
+2). Which endpoint a collector polls is data (core/endpoints.py); the scheduler does not care.
 
-The account list is the state's: the poller starts a loop for each collector it lists and,
-on a reload, is the one that changes the list, stopping and starting loops to match.
+Every collector of every account is one job in a heap ordered by due time, and one timer
+on the event loop wakes at the earliest. A task exists only while an attempt runs: the wait
+for the next slot and a retry's backoff are the job's place in the heap, not a sleeping
+task, so 10,000 idle accounts are 10,000 heap entries, not 10,000 tasks with a future and a
+timer handle each (whose churn once made full garbage collections stall the loop). A job
+is in the heap or running, never both, so two polls of one collector never overlap and a
+hung account only ever delays itself; at most `max_concurrency` attempts run at once, the
+due ones waiting in the heap in due order. A reload is a change to the heap: removed and
+changed accounts' jobs are cancelled, new ones pushed.
 
-Time comes from outside. Schedules, sleeps and timeouts follow the running event loop's
-clock (loop.time, asyncio.sleep, asyncio.timeout), so whoever runs the poller chooses the
+The account list is the state's: the poller schedules each collector it lists and, on a
+reload, is the one that changes the list.
+
+Time comes from outside. Due times, the timer and timeouts follow the running event loop's
+clock (loop.time, loop.call_at, asyncio.timeout), so whoever runs the poller chooses the
 clock: production the real loop, the tests a loop on virtual time (tests/virtual_clock.py)
 where exact schedules can be asserted without waiting. The two readings that are not
 about scheduling, a poll's duration and its wall-clock timestamp, are injected callables.
@@ -20,10 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import heapq
+import itertools
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
@@ -40,15 +52,11 @@ from .state import ExporterState
 STARTUP_RATE = 1000.0
 STARTUP_WINDOW_MAX = 10.0
 # The client enforces the per-request timeout; this outer guard only exists so that a bug
-# below it can never wedge an account's loop.
+# below it can never wedge an account's polls.
 TIMEOUT_GRACE = 1.0
-# Due times are rounded up to a tick (at most 100 ms, and 5 % of the interval) so that polls
-# falling close together wake the event loop once, as a batch, instead of once each: with
-# thousands of accounts this cuts the CPU per poll by a third. A batch is also kept to about
-# BATCH polls (the tick shrinks as the accounts' slots get denser): the loop runs a batch's
-# first steps back to back, ~0.2 ms a poll, and 50 at once (10,000 accounts at 20 s) would
-# hold a probe for over 10 ms.
-TICK = 0.1
+# A wake of the timer starts at most BATCH due polls and leaves the rest to the next turn of
+# the loop: a poll's first steps take ~0.2 ms, and 50 started at once (after a pause of the
+# loop, or a reload) would hold a probe for over 10 ms.
 BATCH = 16
 # A poll is never deferred by a Retry-After for longer than the account's interval or this,
 # whichever is longer: ten minutes is a generous back-off for a rate limiter, and an account
@@ -113,6 +121,34 @@ def backoff_delay(rng: random.Random, base: float, retry: int, cap: float) -> fl
     return rng.uniform(0.0, min(cap, base * 2.0**retry))
 
 
+@dataclass(eq=False, slots=True)
+class _Poll:
+    """One poll of one collector of one account, across its attempts (retries included)."""
+
+    account: AccountConfig
+    collector: CollectorConfig
+    endpoint: Endpoint
+    started: float  # the loop's clock when the first attempt began
+    started_at: float  # the wall clock then
+    t0: float  # the stopwatch then
+    failures: list[Reason] = field(default_factory=list)
+    retries: int = 0
+    rotation_retried: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """A collector of an account in the schedule: in the heap (with the poll whose retry is
+    due, if any) or running as `task`; `gone` once a reload or stop removed it, which makes
+    its heap entry void (entries are not searched for and taken out, but skipped)."""
+
+    account: AccountConfig
+    collector: CollectorConfig
+    poll: _Poll | None = None
+    task: asyncio.Task[Snapshot | float] | None = None
+    gone: bool = False
+
+
 class Poller:
     def __init__(
         self,
@@ -141,16 +177,18 @@ class Poller:
         self._wall_clock = wall_clock
         self._stopwatch = stopwatch
         self._retry_after_cap = retry_after_cap
-        # One loop per (account, collector), the account's loops under its name.
-        self._tasks: dict[str, list[asyncio.Task[None]]] = {}
-        # Where the slots of every account's loop are counted from (loop time at start),
-        # and each account's place in them (0 <= phase < 1).
+        self._max_concurrency = max_concurrency
+        # Each account's jobs (one per collector), and the heap of (due, order, job).
+        self._jobs: dict[str, list[_Job]] = {}
+        self._heap: list[tuple[float, int, _Job]] = []
+        self._order = itertools.count()  # ties in due time go first come, first served
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        # Where the slots of every account are counted from (loop time at start), and each
+        # account's place in them (0 <= phase < 1).
         self._anchor = 0.0
         self._phases: dict[str, float] = {}
-        # Requests in flight over all accounts: thousands of accounts must not open
-        # thousands of connections at once (backoff sleeps do not hold a slot).
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._max_concurrency = max_concurrency
 
     def start(self) -> None:
         accounts = [state.config for state in self._state.accounts.values()]
@@ -159,7 +197,8 @@ class Poller:
         self._anchor = asyncio.get_running_loop().time()
         self._place(account.name for account in accounts)
         for account in accounts:
-            self._start(account)
+            self._add(account)
+        self._schedule()
 
     def _place(self, names: Iterable[str]) -> None:
         """Every account's slot by its place in the list: spread evenly, in body order. On
@@ -169,18 +208,22 @@ class Poller:
         self._phases = {name: index / len(order) for index, name in enumerate(order)}
 
     async def stop(self) -> None:
-        await self._cancel(list(self._tasks))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        await self._cancel(list(self._jobs))
+        self._heap.clear()
 
     async def update(
         self, accounts: Iterable[AccountConfig], max_concurrency: int | None = None
     ) -> tuple[int, int, int]:
         """Adopt a reloaded account list; returns (added, removed, changed).
 
-        Unchanged accounts keep their loops and their data; changed ones restart their loops
-        (keeping their last values until the new config has polled); removed ones stop.
+        Unchanged accounts keep their place in the heap and their data; changed ones start
+        afresh (keeping their last values until the new config has polled); removed ones
+        stop, a poll of theirs in flight cancelled.
         """
-        if max_concurrency is not None and max_concurrency != self._max_concurrency:
-            self._slots = asyncio.Semaphore(max_concurrency)
+        if max_concurrency is not None:
             self._max_concurrency = max_concurrency
         old = {name: state.config for name, state in self._state.accounts.items()}
         new = {account.name: account for account in accounts}
@@ -193,66 +236,129 @@ class Poller:
         self._state.set_accounts(new.values())
         self._place(new)
         for name in added + changed:
-            self._start(new[name])
+            self._add(new[name])
+        self._schedule()
         return len(added), len(removed), len(changed)
 
-    def _start(self, account: AccountConfig) -> None:
-        self._tasks[account.name] = [
-            asyncio.create_task(
-                self._run(account, collector), name=f"poll:{account.name}:{collector.name}"
-            )
-            for collector in account.collectors
-        ]
+    def _add(self, account: AccountConfig) -> None:
+        """Schedule the account's first polls within the startup window."""
+        now = asyncio.get_running_loop().time()
+        window = self._startup_window or 0.0
+        self._jobs[account.name] = jobs = [_Job(account, c) for c in account.collectors]
+        for job in jobs:
+            self._push(job, now + first_delay(self._rng, job.collector.interval, window))
 
     async def _cancel(self, names: list[str]) -> None:
-        tasks = [task for name in names for task in self._tasks.pop(name, ())]
-        for task in tasks:
-            task.cancel()
+        tasks = []
+        for job in (job for name in names for job in self._jobs.pop(name, ())):
+            job.gone = True
+            if job.task is not None:
+                job.task.cancel()
+                tasks.append(job.task)
+        if names:  # the void entries go now: reloads in a row must not grow the heap
+            self._heap = [entry for entry in self._heap if not entry[2].gone]
+            heapq.heapify(self._heap)
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, account: AccountConfig, collector: CollectorConfig) -> None:
-        loop = asyncio.get_running_loop()
-        interval = collector.interval
-        window = self._startup_window if self._startup_window is not None else 0.0
-        await asyncio.sleep(first_delay(self._rng, interval, window))
-        while True:
-            started = loop.time()
-            snapshot = await self.poll_once(account, collector)
-            # The first round ran within seconds for a quick readiness; from the second on
-            # each poll takes the account's slot at least half an interval after the last
-            # one started (0.5-1.5 intervals after the first; exactly one interval after a
-            # poll that started in its slot; at once after one that overran its slot).
-            phase = self._phases.get(account.name, 0.0)
-            due = next_slot(started + interval / 2, self._anchor, phase, interval)
-            if snapshot.retry_after is not None:  # never undercut the upstream's wish...
-                deferral = self._deferral(account, collector, snapshot.retry_after)
-                due = max(due, loop.time() + deferral)
-            tick = min(TICK, interval / 20, BATCH * interval / max(1, len(self._phases)))
-            due = math.ceil(due / tick - 1e-9) * tick  # a slot on a tick (give or take an ulp)
-            await asyncio.sleep(max(0.0, due - loop.time()))
+    def _push(self, job: _Job, due: float) -> None:
+        heapq.heappush(self._heap, (due, next(self._order), job))
 
-    def _deferral(
-        self, account: AccountConfig, collector: CollectorConfig, requested: float
-    ) -> float:
+    def _wake(self) -> None:
+        """The timer: start the due polls while slots are free, at most BATCH a turn."""
+        self._timer, self._timer_at = None, math.inf
+        now, heap = asyncio.get_running_loop().time(), self._heap
+        for _ in range(BATCH):
+            if not heap or heap[0][0] > now or self._running >= self._max_concurrency:
+                break
+            job = heapq.heappop(heap)[2]
+            if not job.gone:
+                self._launch(job)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Set the timer for the earliest job, unless it is set for earlier already; a due
+        time past (polls waiting for a slot, or a batch's rest) fires on the next turn."""
+        heap = self._heap
+        while heap and heap[0][2].gone:
+            heapq.heappop(heap)
+        if not heap or self._running >= self._max_concurrency or heap[0][0] >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = heap[0][0]
+        self._timer = asyncio.get_running_loop().call_at(self._timer_at, self._wake)
+
+    def _launch(self, job: _Job) -> None:
+        poll, job.poll = job.poll or self._begin(job.account, job.collector), None
+        name = f"poll:{job.account.name}:{job.collector.name}"
+        job.task = asyncio.create_task(self._step(poll), name=name)
+        job.task.add_done_callback(functools.partial(self._landed, job, poll))
+        self._running += 1
+
+    def _landed(self, job: _Job, poll: _Poll, task: asyncio.Task[Snapshot | float]) -> None:
+        """An attempt ended: the job goes back into the heap, due at its retry or its next
+        slot, and a freed slot starts the next due poll."""
+        self._running -= 1
+        job.task = None
+        if not job.gone and not task.cancelled():
+            outcome = task.result()  # _step raises nothing but cancellation
+            now = asyncio.get_running_loop().time()
+            if isinstance(outcome, Snapshot):
+                self._push(job, self._next_due(poll, outcome, now))
+            else:
+                job.poll = poll
+                self._push(job, now + outcome)
+        self._schedule()
+
+    def _next_due(self, poll: _Poll, snapshot: Snapshot, now: float) -> float:
+        """The first round ran within seconds for a quick readiness; from the second on each
+        poll takes the account's slot at least half an interval after the last one started
+        (0.5-1.5 intervals after the first; exactly one interval after a poll that started
+        in its slot; at once after one that overran its slot)."""
+        interval = poll.collector.interval
+        phase = self._phases.get(poll.account.name, 0.0)
+        due = next_slot(poll.started + interval / 2, self._anchor, phase, interval)
+        if snapshot.retry_after is not None:  # never undercut the upstream's wish...
+            due = max(due, now + self._deferral(poll, snapshot.retry_after))
+        return due
+
+    def _deferral(self, poll: _Poll, requested: float) -> float:
         """...but never wait longer than the cap: one hostile header must not silence an
         account for a day. Deferrals beyond the interval are logged, as they leave a gap."""
-        applied = min(requested, retry_after_cap(collector.interval, self._retry_after_cap))
-        if requested > collector.interval:
+        interval = poll.collector.interval
+        applied = min(requested, retry_after_cap(interval, self._retry_after_cap))
+        if requested > interval:
             self._log.warning(
                 "poll_deferred",
-                account=account.name,
-                collector=collector.name,
+                account=poll.account.name,
+                collector=poll.collector.name,
                 retry_after_s=requested,
                 applied_s=applied,
                 capped=applied < requested,
             )
         return applied
 
+    def _begin(self, account: AccountConfig, collector: CollectorConfig) -> _Poll:
+        endpoint = self._endpoints[collector.name]
+        now = asyncio.get_running_loop().time()
+        return _Poll(account, collector, endpoint, now, self._wall_clock(), self._stopwatch())
+
     async def poll_once(
         self, account: AccountConfig, collector: CollectorConfig | None = None
     ) -> Snapshot:
-        """Poll one collector (by default the account's first), with retries inside its
-        interval; never raises (but cancel).
+        """Poll one collector (by default the account's first) now, retries included,
+        outside the schedule and its bound on polls in flight: for tests and one-off checks.
+        Never raises (but cancel)."""
+        poll = self._begin(account, collector or account.collectors[0])
+        while True:
+            outcome = await self._step(poll)
+            if isinstance(outcome, Snapshot):
+                return outcome
+            await asyncio.sleep(outcome)
+
+    async def _step(self, poll: _Poll) -> Snapshot | float:
+        """One attempt of a poll: the poll's snapshot (recorded) when it is over, or the
+        seconds to wait before its next attempt.
 
         Transient failures are retried with exponential backoff and full jitter, waiting
         at least as long as any Retry-After, and only while the retry still fits in the
@@ -260,61 +366,48 @@ class Poller:
         changed (a rotation the stat check had not yet seen); otherwise they wait for the
         next interval, as hammering a refused credential helps nobody.
         """
-        collector = collector or account.collectors[0]
-        endpoint = self._endpoints[collector.name]
-        loop = asyncio.get_running_loop()
-        started_at = self._wall_clock()
-        t0 = self._stopwatch()
-        budget_end = loop.time() + collector.interval
-        failures: list[Reason] = []
-        error: FetchError | None = None
-        result: object | None = None
-        retries = 0
-        rotation_retried = False
-        trace_id = ""
-        while True:
-            trace_id = self._source.new_trace_id()
-            try:
-                result = await self._attempt(account, endpoint, trace_id)
-            except FetchError as exc:
-                # Kept across the backoff sleep, so without its traceback and the exception
-                # it was raised from: holding no frame, it forms no reference cycle, which a
-                # re-freeze of the collector's view (web/server.py) would catch alive.
-                error = exc.with_traceback(None)
-                error.__cause__ = error.__context__ = None
-            else:
-                error = None
-                break
-            failures.append(error.reason)
-            if error.reason is Reason.AUTH and not rotation_retried:
-                rotation_retried = True
+        account, collector, endpoint = poll.account, poll.collector, poll.endpoint
+        trace_id = self._source.new_trace_id()
+        try:
+            result = await self._attempt(account, endpoint, trace_id)
+        except FetchError as error:
+            poll.failures.append(error.reason)
+            if error.reason is Reason.AUTH and not poll.rotation_retried:
+                poll.rotation_retried = True
                 if await self._secret_rotated(account):
-                    why = "secret file changed"
-                    self._log_attempt(account, endpoint, trace_id, error, 0.0, why)
-                    continue
-            if not error.transient or retries >= account.retries:
-                break
-            delay = backoff_delay(self._rng, account.backoff, retries, collector.interval / 2)
-            if error.retry_after is not None:
-                delay = max(delay, error.retry_after)
-            if loop.time() + delay + account.timeout > budget_end:
-                break  # the retry would run into the next scheduled poll
-            self._log_attempt(account, endpoint, trace_id, error, delay, "retrying")
-            retries += 1
-            await asyncio.sleep(delay)
+                    self._log_attempt(poll, trace_id, error, 0.0, "secret file changed")
+                    return 0.0
+            if error.transient and poll.retries < account.retries:
+                delay = backoff_delay(
+                    self._rng, account.backoff, poll.retries, collector.interval / 2
+                )
+                if error.retry_after is not None:
+                    delay = max(delay, error.retry_after)
+                now = asyncio.get_running_loop().time()
+                if now + delay + account.timeout <= poll.started + collector.interval:
+                    self._log_attempt(poll, trace_id, error, delay, "retrying")
+                    poll.retries += 1
+                    return delay
+                # else the retry would run into the next scheduled poll
+            return self._finish(poll, trace_id, None, error)
+        return self._finish(poll, trace_id, result, None)
 
+    def _finish(
+        self, poll: _Poll, trace_id: str, result: object, error: FetchError | None
+    ) -> Snapshot:
+        account = poll.account
         clock_skew = self._source.clock_skew(account)
         snapshot = Snapshot(
             account=account.name,
-            collector=endpoint.name,
-            started_at=started_at,
-            duration=self._stopwatch() - t0,
+            collector=poll.endpoint.name,
+            started_at=poll.started_at,
+            duration=self._stopwatch() - poll.t0,
             trace_id=trace_id,
             result=result if error is None else None,
             reason=error.reason if error else None,
             detail=error.detail if error else "",
-            failures=tuple(failures),
-            attempts=len(failures) + (0 if error else 1),
+            failures=tuple(poll.failures),
+            attempts=len(poll.failures) + (0 if error else 1),
             clock_skew=clock_skew,
             retry_after=error.retry_after if error else None,
         )
@@ -349,7 +442,7 @@ class Poller:
     async def _attempt(self, account: AccountConfig, endpoint: Endpoint, trace_id: str) -> object:
         """One request (every page of it), with every failure turned into a FetchError."""
         try:
-            async with self._slots, asyncio.timeout(account.timeout + self._timeout_grace):
+            async with asyncio.timeout(account.timeout + self._timeout_grace):
                 return await self._source.fetch(account, endpoint, trace_id)
         except FetchError:
             raise
@@ -366,18 +459,12 @@ class Poller:
             raise FetchError(Reason.INTERNAL, f"unexpected {type(exc).__name__}") from None
 
     def _log_attempt(
-        self,
-        account: AccountConfig,
-        endpoint: Endpoint,
-        trace_id: str,
-        error: FetchError,
-        delay: float,
-        action: str,
+        self, poll: _Poll, trace_id: str, error: FetchError, delay: float, action: str
     ) -> None:
         self._log.debug(
             "poll_attempt_failed",
-            account=account.name,
-            collector=endpoint.name,
+            account=poll.account.name,
+            collector=poll.endpoint.name,
             trace_id=trace_id,
             reason=str(error.reason),
             detail=error.detail,

@@ -1,14 +1,16 @@
 """What the poller has learned so far: the shared memory between polling and scraping.
 
 The poller is the only writer and the exposition only reads; both run on the one event loop,
-and snapshots are immutable, so a scrape never sees an account half-updated.
+and snapshots are immutable, so a scrape never sees an account half-updated. Data flows one
+way: the state does not call the exposition, it counts changes (`version`) and notes whose
+polls landed (`landed`), and the exposition looks when it renders.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -76,8 +78,10 @@ class DurationHistogram:
         return out
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ReloadStatus:
+    """Replaced, never changed: a body built from one knows whether it is still current."""
+
     successful: bool = True
     last_success: float = 0.0
 
@@ -94,14 +98,10 @@ class ExporterState:
         self.poll_duration = DurationHistogram()
         self.reload = ReloadStatus(last_success=loaded_at)
         self._ever_ready = False
-        # For the exposition cache: who to tell when an account's poll lands, a counter
-        # bumped when the account list changes, and one bumped on any change at all.
-        self._listeners: list[Callable[[str], None]] = []
-        # Bumped by anything but a landing poll (a reload, a new account list): such a change
-        # shows at the very next scrape, however recently the body was built.
-        self.generation = 0
-        self.layout = 0
+        # Bumped by every change; and the accounts whose polls landed since the exposition
+        # last took them (take_landed), whose lines it renders anew.
         self.version = 0
+        self.landed: set[str] = set()
         self.set_accounts(accounts)
 
     def set_accounts(self, accounts: Iterable[AccountConfig]) -> None:
@@ -119,9 +119,7 @@ class ExporterState:
                 collectors[collector.name] = state
             polled = any(collector.last is not None for collector in collectors.values())
             fresh[account.name] = AccountState(account, collectors, polled)
-        self.accounts = fresh
-        self.layout += 1
-        self.generation += 1
+        self.accounts = fresh  # a new dict: the exposition lays the body out anew
         self.version += 1
 
     def record(self, snapshot: Snapshot) -> None:
@@ -142,19 +140,15 @@ class ExporterState:
         if snapshot.collector == PRIMARY:  # the histogram has always timed the overview
             self.poll_duration.observe(snapshot.duration)
         self.version += 1
-        for listener in self._listeners:
-            listener(snapshot.account)
+        self.landed.add(snapshot.account)
 
-    def listen(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(account name)` whenever a poll of the account lands: the exposition
-        renders its lines then, a few microseconds at a time, not all at the next scrape."""
-        self._listeners.append(listener)
+    def take_landed(self) -> set[str]:
+        landed, self.landed = self.landed, set()
+        return landed
 
     def reloaded(self, successful: bool, at: float) -> None:
-        self.reload.successful = successful
-        if successful:
-            self.reload.last_success = at
-        self.generation += 1
+        last = at if successful else self.reload.last_success
+        self.reload = ReloadStatus(successful, last)
         self.version += 1
 
     @property
