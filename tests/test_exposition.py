@@ -315,7 +315,7 @@ def test_openmetrics_metadata_follows_the_spec() -> None:
 
 
 def test_openmetrics_help_escapes_quotes() -> None:
-    from exporter.core.exposition import header
+    from exporter.core.textformat import header
 
     metric = Metric("x_seconds", "gauge", 'a "b" \\ c\nd', lambda _: 1, unit="seconds")
     assert header(metric, openmetrics=False) == (
