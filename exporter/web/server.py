@@ -40,7 +40,7 @@ from .edge import (
 from .landing import render_landing
 from .webconfig import WebConfig
 
-# See _freeze_when_ready.
+# See _keep_frozen.
 REFREEZE_EVERY = 1.0
 FULL_COLLECTION_EVERY = 3600.0
 RESERVED_PATHS = frozenset({"/", "/-/healthy", "/-/ready", "/-/reload"})
@@ -74,8 +74,8 @@ class Settings:
     shard_index: int = 0
     # Tests swap the real client for a fake; None means the real KooDrive client.
     source_factory: Callable[[aiohttp.ClientSession], Source] | None = None
-    # Freeze the garbage collector's view of what exists once every account has polled
-    # (the command line does; a test process, which builds many apps, does not).
+    # Keep the garbage collector's view frozen from before the first poll on (the command
+    # line does; a test process, which builds many apps, does not). See _keep_frozen.
     freeze_gc: bool = False
 
 
@@ -269,28 +269,26 @@ def _warn_insecure(config: Config, log: structlog.typing.FilteringBoundLogger) -
             )
 
 
-async def _freeze_when_ready(
-    state: ExporterState,
-    refreeze: float = REFREEZE_EVERY,
-    full: float = FULL_COLLECTION_EVERY,
+def _freeze() -> None:
+    gc.collect()
+    gc.freeze()
+
+
+async def _keep_frozen(
+    refreeze: float = REFREEZE_EVERY, full: float = FULL_COLLECTION_EVERY
 ) -> None:
     """Keep what lives long out of the garbage collector's view, so that no collection has
     to walk it with the loop stopped.
 
-    Once every account has polled, everything that exists (modules, config, the loop's
-    machinery, the accounts' state) is frozen. Polls keep making long-lived objects (each
-    loop's sleep: its future, timer handle and context; each snapshot), tens of thousands
-    an interval at 10,000 accounts, and a full collection of them took 60-100 ms every few
-    seconds (bench/live.py, 20 s interval). So every `refreeze` seconds the young
-    generations are collected (a few ms: a second's worth of objects) and what survived
-    is frozen too; acyclic garbage is still
-    freed by reference counting, frozen or not. A cycle frozen while alive that dies later
-    would never be collected, so every `full` seconds everything is unfrozen and collected
-    once: one full collection an hour instead of one every few seconds."""
-    while not state.ready:  # noqa: ASYNC110 - a property of the state, not an event
-        await asyncio.sleep(1.0)
-    gc.collect()
-    gc.freeze()
+    At 10,000 accounts a full collection walks ~180,000 objects (configs, states,
+    snapshots, the heap): 87 ms with the loop stopped, about once a minute as snapshots
+    replace snapshots (bench/gc_pauses.py, 20 s interval); no slicing of the engine's own
+    work helps against it. So _polling freezes what exists before the first poll, and every
+    `refreeze` seconds the young generations are collected (a few ms: a second's worth of
+    objects) and what survived is frozen too; with that, the longest pause was 2.7 ms.
+    Acyclic garbage is still freed by reference counting, frozen or not. A cycle frozen
+    while alive that dies later would never be collected, so every `full` seconds
+    everything is unfrozen and collected once: one full collection an hour."""
     last_full = time.monotonic()
     while True:
         await asyncio.sleep(refreeze)
@@ -331,14 +329,15 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
         startup_window=settings.startup_window,
         max_concurrency=runtime.config.max_concurrency,
     )
+    if settings.freeze_gc:
+        _freeze()  # the config, the app and the state, before the first poll
     poller.start()
     runtime.poller = poller
     runtime.background.add(asyncio.create_task(app[ACCESS].watch(), name="web-config-watch"))
     settle = app[EXPOSITION].settle()
     runtime.background.add(asyncio.create_task(settle, name="exposition-settle"))
     if settings.freeze_gc:
-        freeze = _freeze_when_ready(app[STATE])
-        runtime.background.add(asyncio.create_task(freeze, name="gc-freeze"))
+        runtime.background.add(asyncio.create_task(_keep_frozen(), name="gc-freeze"))
     _warn_insecure(runtime.config, app[LOG])
     try:
         yield
