@@ -251,6 +251,31 @@ def test_a_poll_re_renders_only_its_chunk(monkeypatch) -> None:
     assert calls == [names[300]]
 
 
+def test_a_reload_renders_only_the_accounts_it_changed(monkeypatch) -> None:
+    """A reload hands the state the same config objects for unchanged accounts, the state
+    keeps their AccountState objects, and the exposition their lines: the body is laid out
+    anew (accounts moved) without rendering, or freeing, what did not change."""
+    import exporter.core.exposition as module
+
+    configs = accounts(*[f"tenant-{i:04d}" for i in range(2 * module.CHUNK)])
+    state = ExporterState(configs)
+    for config in configs:
+        state.record(ok(config.name, at=1.0, used=1))
+    exposition = Exposition(state, clock=Clock(2.0), process_metrics=False)
+    exposition.render()
+    kept = state.accounts[configs[1].name]
+    calls: list[str] = []
+    original = module.account_lines
+    monkeypatch.setattr(module, "account_lines", lambda n, a: calls.append(n) or original(n, a))
+    changed = accounts(configs[0].name, interval=30.0)[0]
+    state.set_accounts([*accounts("new"), changed, *configs[1:]])  # one added first: all move
+    body = exposition.render().decode()
+    assert state.accounts[configs[1].name] is kept
+    assert calls == ["new", configs[0].name]  # the added and the changed one only
+    assert body.count("koodrive_up{") == len(configs)
+    assert body.index('koodrive_up{account="tenant-0000"}') < body.index('up{account="tenant-0001"}')
+
+
 def test_large_exposition_passes_promtool(promtool: str) -> None:
     names = [f'tenant "{i}"\\x' for i in range(600)]
     state = ExporterState(accounts(*names))

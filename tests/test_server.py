@@ -11,11 +11,12 @@ import pytest
 from support import FakeSource, account, samples, value
 
 from exporter import __version__
-from exporter.core.config import Config
+from exporter.core.config import Config, load_config
 from exporter.core.model import FetchError, Reason
 from exporter.web.server import (
     Settings,
     _keep_frozen,
+    _load,
     check_telemetry_path,
     create_app,
     parse_listen_address,
@@ -325,3 +326,22 @@ async def test_survivors_are_refrozen_and_a_full_collection_comes_round() -> Non
     finally:
         freezer.cancel()
         gc.unfreeze()
+
+
+def test_a_reload_keeps_the_config_objects_of_unchanged_accounts(tmp_path) -> None:
+    """What the poller, the state and the exposition built for an account stays theirs
+    across a reload that does not change it: they recognise it by identity."""
+    path = tmp_path / "config.yaml"
+    entry = '  - {{name: {0}, user_id: "1", endpoint: "http://127.0.0.1:1", auth: {{token: t}}{1}}}'
+    path.write_text("accounts:\n" + "\n".join(entry.format(n, "") for n in "abc") + "\n")
+    current = load_config(str(path))
+    lines = [entry.format("a", ""), entry.format("b", ", interval: 30s"), entry.format("d", "")]
+    path.write_text("accounts:\n" + "\n".join(lines) + "\n")
+    for frozen in (False, True):
+        config = _load(str(path), frozen, current)
+        a, b, d = config.accounts
+        assert a is current.accounts[0]
+        assert b is not current.accounts[1]
+        assert b.interval == 30.0
+        assert d.name == "d"
+    gc.unfreeze()

@@ -151,7 +151,7 @@ class Exposition:
         # Chunks to render anew; per chunk, when a poll last landed in it (for settle).
         self._dirty: set[int] = set()
         self._touched: list[float] = []
-        self._stale_heap: list[tuple[float, int]] = []  # (deadline, account index)
+        self._stale_heap: list[tuple[float, str]] = []  # (deadline, account name)
 
     async def render_async(self, fmt: Format = TEXT, *, gzipped: bool = False) -> bytes:
         """The body, rendered in slices that yield to the loop; a large body's gzip made in
@@ -300,26 +300,37 @@ class Exposition:
                 self._dirty.add(index // CHUNK)
                 self._touched[index // CHUNK] = now
         while self._stale_heap and self._stale_heap[0][0] < now:
-            _, index = heapq.heappop(self._stale_heap)
-            self._dirty.add(index // CHUNK)  # its lines are unchanged; its chunk filters them
+            index = self._index.get(heapq.heappop(self._stale_heap)[1])
+            if index is not None:  # its lines are unchanged; its chunk filters them anew
+                self._dirty.add(index // CHUNK)
 
     def _layout(self, now: float) -> None:
-        accounts = self._state.accounts
+        """Lay the body out for a new account list. An account whose state is the same
+        object as before (a reload that did not change it) keeps its lines and deadlines:
+        they are neither rendered again nor freed, both of which take the loop's time."""
+        accounts, before = self._state.accounts, self._accounts
         running = {name for account in accounts.values() for name in account.collectors}
         self._shown = tuple(
             metric.source in running or metric.source not in SOURCES for metric in ACCOUNT_METRICS
         )
+        kept = {}
+        if isinstance(before, dict):
+            kept = {
+                name: index
+                for name, index in self._index.items()
+                if accounts.get(name) is before[name]
+            }
+        lines, deadlines = self._lines, self._deadlines
         self._accounts = accounts
         self._names = list(accounts)
         self._index = {name: i for i, name in enumerate(self._names)}
-        self._lines = [None] * len(accounts)
-        self._deadlines = [()] * len(accounts)
+        self._lines = [lines[kept[n]] if n in kept else None for n in self._names]
+        self._deadlines = [deadlines[kept[n]] if n in kept else () for n in self._names]
         chunks = (len(accounts) + CHUNK - 1) // CHUNK
         self._chunks = [[b""] * chunks for _ in ACCOUNT_METRICS]
         self._segments = [[None] * chunks for _ in ACCOUNT_METRICS]
         self._dirty = set(range(chunks))
         self._touched = [-math.inf] * chunks  # settle may render them at once
-        self._stale_heap = []
 
     def _render_chunk(self, chunk: int, now: float) -> None:
         """The chunk's accounts' lines (those to render anew first), without the rows that
@@ -334,7 +345,7 @@ class Exposition:
                 self._deadlines[index] = deadlines = _deadlines(account)
                 for deadline in deadlines:
                     if deadline >= now:
-                        heapq.heappush(self._stale_heap, (deadline, index))
+                        heapq.heappush(self._stale_heap, (deadline, name))
         lines = [self._lines[index] or NOTHING for index in rows]
         deadlines = [self._deadlines[index] for index in rows]
         fresh = [

@@ -230,7 +230,7 @@ class Poller:
         # In slices, as the comparisons and the new list take tens of ms at 10,000 accounts.
         changed = []
         for index, (name, account) in enumerate(new.items(), 1):
-            if name in old and old[name] != account:
+            if name in old and old[name] is not account and old[name] != account:
                 changed.append(name)
             if index % RELOAD_STEP == 0:
                 await asyncio.sleep(0)

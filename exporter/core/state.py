@@ -121,13 +121,16 @@ class ExporterState:
         fresh: dict[str, AccountState] = {}
         for index, account in enumerate(accounts, 1):
             known = self.accounts.get(account.name)
-            before = known.collectors if known is not None else {}
-            collectors: dict[str, CollectorState] = {}
-            for collector in account.collectors:
-                state = before.get(collector.name) or CollectorState(collector.stale_after)
-                state.stale_after = collector.stale_after
-                collectors[collector.name] = state
-            fresh[account.name] = AccountState(account, collectors)
+            if known is not None and known.config is account:  # unchanged: kept as it is
+                fresh[account.name] = known
+            else:
+                before = known.collectors if known is not None else {}
+                collectors: dict[str, CollectorState] = {}
+                for collector in account.collectors:
+                    state = before.get(collector.name) or CollectorState(collector.stale_after)
+                    state.stale_after = collector.stale_after
+                    collectors[collector.name] = state
+                fresh[account.name] = AccountState(account, collectors)
             if index % step == 0:
                 yield
         self.accounts = fresh  # a new dict: the exposition lays the body out anew
