@@ -63,6 +63,8 @@ RELOAD_STEP = 1000
 # whichever is longer: ten minutes is a generous back-off for a rate limiter, and an account
 # that stays dark for a day because of one bad header is an outage of the exporter.
 RETRY_AFTER_CAP = 600.0
+# What a failed poll's snapshot takes from the error of its last attempt.
+FAILURE_FIELDS = ("reason", "detail", "retry_after", "status", "api_code", "message")
 
 
 class Source(Protocol):
@@ -406,20 +408,13 @@ class Poller:
         clock_skew = self._source.clock_skew(account)
         failure: dict[str, Any] = {}
         if error is not None:  # what the last attempt said, and the hint it leads to
-            failure = {
-                "reason": error.reason,
-                "detail": error.detail,
-                "retry_after": error.retry_after,
-                "status": error.status,
-                "api_code": error.api_code,
-                "message": error.message,
-                "hint": hint_for(
-                    error,
-                    app_auth=isinstance(account.auth, AppAuth),
-                    clock_skew=clock_skew,
-                    x_date_margin=account.x_date_margin,
-                ),
-            }
+            failure = {name: getattr(error, name) for name in FAILURE_FIELDS}
+            failure["hint"] = hint_for(
+                error,
+                app_auth=isinstance(account.auth, AppAuth),
+                clock_skew=clock_skew,
+                x_date_margin=account.x_date_margin,
+            )
         snapshot = Snapshot(
             account=account.name,
             collector=poll.endpoint.name,
