@@ -74,7 +74,7 @@ MAX_YAML_DEPTH = 32
 # takes the GIL for a whole switch interval (5 ms) each time the loop lets go of it for a
 # system call, and a loop makes several a turn: reading 10,000 accounts that way held the
 # loop for up to 600 ms. So the reader lets go of the GIL itself every YIELD_EVERY nodes
-# composed and every account checked (time.sleep(0)), which costs it nothing when no one
+# composed or constructed and every account checked (time.sleep(0)), which costs nothing when no one
 # waits, and hands the loop its turn within a few dozen nodes when it does.
 YIELD_EVERY = 32
 # Polling limits for the KooDrive API, which publishes no rate limit (docs/koodrive-api.md
@@ -523,6 +523,9 @@ class _StrictLoader(_RefusingComposer, _SafeLoader):  # type: ignore[misc, valid
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         """Any constructor failure (a 5,000-digit int, say) becomes an error with a line."""
+        self._nodes -= 1
+        if self._nodes % YIELD_EVERY == 0:
+            time.sleep(0)  # see YIELD_EVERY
         try:
             return super().construct_object(node, deep=deep)
         except yaml.YAMLError:
