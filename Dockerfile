@@ -6,6 +6,15 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
+# What --version and koodrive_exporter_build_info report, recorded in the wheel
+# (exporter/core/build.py); a release passes them, a plain build says unknown.
+ARG REVISION=unknown
+ARG BRANCH=unknown
+ARG BUILD_USER=unknown
+ARG BUILD_DATE=unknown
+RUN python -c 'import json, os; json.dump({"revision": os.environ["REVISION"], \
+      "branch": os.environ["BRANCH"], "user": os.environ["BUILD_USER"], \
+      "date": os.environ["BUILD_DATE"]}, open("exporter/core/build_info.json", "w"))'
 # Build the project's wheel, then install it with its dependencies into a venv (pip
 # compiles the bytecode); pip itself is not needed at run time.
 RUN python -m pip wheel --no-cache-dir --disable-pip-version-check --no-deps \

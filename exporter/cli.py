@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import platform
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from . import __version__
 from .check import render_json, render_text, run_checks, select
+from .core.build import build_info, version_text
 from .core.config import Config, ConfigError, load_config
 from .core.sharding import resolve_index
 from .log import FORMATS, LEVELS, make_logger, route_stdlib_logging
@@ -46,6 +46,9 @@ def run(argv: Sequence[str] | None = None, signals: Signals | None = None) -> in
         signals.serving = False
         return _live_check(args_list[1:])
     args = _parser().parse_args(args_list)
+    if args.version:
+        print(version_text())
+        return 0
     if args.config_check:
         signals.serving = False
         return _check(args.config_file, args.web_config_file)
@@ -77,10 +80,11 @@ def run(argv: Sequence[str] | None = None, signals: Signals | None = None) -> in
         config = load_config(args.config_file)
     except ConfigError as exc:
         _print_errors(exc)
-        print(
-            "hint: try `koodrive-exporter --demo` to run against the built-in simulator",
-            file=sys.stderr,
-        )
+        if sys.stderr.isatty():  # a person trying it out, not a pod's log
+            print(
+                "hint: try `koodrive-exporter --demo` to run against the built-in simulator",
+                file=sys.stderr,
+            )
         return 1
     return asyncio.run(_run(config, args, log, web_config, signals))
 
@@ -166,25 +170,33 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow reloading the config with POST /-/reload (SIGHUP always does)",
     )
-    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
-    parser.add_argument(
-        "--log.format",
-        dest="log_format",
-        choices=FORMATS,
-        default="auto",
-        help="auto: console on a terminal, JSON otherwise",
-    )
+    _add_log_flags(parser)
     parser.add_argument(
         "--demo",
         action="store_true",
         help="poll the built-in simulator with two demo accounts; no config",
     )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"koodrive-exporter {__version__} (python {platform.python_version()})",
-    )
+    # Not argparse's version action, which re-wraps the lines of a multi-line text.
+    parser.add_argument("--version", action="store_true", help="print the build and exit")
     return parser
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=LEVELS,
+        default="info",
+        metavar="{debug,info,warn,error}",
+        help="least severe level logged (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=FORMATS,
+        default="auto",
+        help="auto (the default): console on a terminal, JSON otherwise",
+    )
 
 
 def _check(path: str, web_config_file: str | None) -> int:
@@ -270,6 +282,7 @@ async def _run(
     log.info(
         "starting",
         version=__version__,
+        revision=build_info().revision,
         accounts=len(config.accounts),
         config_file=config.source,
         shard=f"{args.shard_index}/{args.shard_count}",
@@ -340,13 +353,18 @@ def _simulate(argv: list[str], signals: Signals) -> int:
     parser.add_argument(
         "--listen", default="127.0.0.1:9878", help="host:port to listen on (default: %(default)s)"
     )
-    parser.add_argument("--config", required=True, help="exporter config whose accounts to serve")
-    parser.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
-    parser.add_argument("--log.format", dest="log_format", choices=FORMATS, default="auto")
+    parser.add_argument(
+        "--config.file",
+        "--config",  # the spelling of earlier releases
+        dest="config_file",
+        required=True,
+        help="exporter config whose accounts to serve",
+    )
+    _add_log_flags(parser)
     args = parser.parse_args(argv)
     try:
         host, port = parse_listen_address(args.listen)
-        config = load_config(args.config)
+        config = load_config(args.config_file)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

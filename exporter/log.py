@@ -7,6 +7,7 @@ can capture one instance's output and two exporters in one process never share s
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, TextIO
 
@@ -14,8 +15,10 @@ import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
-LEVELS = ("debug", "info", "warning", "error")
-FORMATS = ("auto", "json", "console")
+# Prometheus' own spellings (`warn`, `logfmt`); `warning` is taken too, as earlier releases
+# and Python's logging spell it.
+LEVELS = ("debug", "info", "warn", "warning", "error")
+FORMATS = ("auto", "logfmt", "json", "console")
 REDACTED = "[REDACTED]"
 # Field names whose values are never printed, whatever a caller passes by mistake.
 _HANDLER_NAME = "koodrive-exporter"
@@ -37,7 +40,7 @@ def make_logger(
     shared, renderer = _chain(fmt, out)
     return structlog.wrap_logger(  # type: ignore[no-any-return]
         structlog.PrintLogger(out),
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(_level(level)),
         processors=[*shared, renderer],
     )
 
@@ -55,7 +58,7 @@ def route_stdlib_logging(
     shared, renderer = _chain(fmt, out)
     handler = logging.StreamHandler(out)
     handler.set_name(_HANDLER_NAME)
-    handler.addFilter(_QuietClientErrors(getattr(logging, level.upper())))
+    handler.addFilter(_QuietClientErrors(_level(level)))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
@@ -70,8 +73,12 @@ def route_stdlib_logging(
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper()))
+    root.setLevel(_level(level))
     return handler
+
+
+def _level(name: str) -> int:
+    return logging.WARNING if name == "warn" else logging.getLevelNamesMapping()[name.upper()]
 
 
 class _QuietClientErrors(logging.Filter):
@@ -102,6 +109,10 @@ def _chain(fmt: str, out: TextIO) -> tuple[list[Any], Any]:
     renderer: Any
     if as_json:
         renderer = structlog.processors.JSONRenderer()
+    elif fmt == "logfmt":
+        # Prometheus' binaries log `ts=… level=… msg=…`; the event is `event=` here, as in
+        # the JSON lines, so a query need not change with the format.
+        renderer = _logfmt
     else:
         # plain_traceback: rich's pretty tracebacks print local variables, secrets included.
         renderer = structlog.dev.ConsoleRenderer(
@@ -112,9 +123,22 @@ def _chain(fmt: str, out: TextIO) -> tuple[list[Any], Any]:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
     ]
-    if as_json:
+    if as_json or fmt == "logfmt":
         shared.append(structlog.processors.format_exc_info)
     return shared, renderer
+
+
+_LOGFMT = structlog.processors.LogfmtRenderer(
+    key_order=["timestamp", "level", "event"], bool_as_flag=False
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _logfmt(logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+    """structlog's logfmt, with control characters escaped as go-logfmt does (`\\u001b`):
+    a value cannot move the cursor of whoever reads the log on a terminal."""
+    line = _LOGFMT(logger, name, event_dict)
+    return _CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", line)
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -458,7 +458,7 @@ async def start_pair(tmp_path: Path, *exporter_args: str, sim_extra: str = "", i
     exp_dir.mkdir()
     sim_config = two_account_config("http://127.0.0.1:1", sim_dir)
     sim_config.write_text(sim_config.read_text() + sim_extra)
-    simulator = await spawn("simulate", "--listen", "127.0.0.1:0", "--config", str(sim_config))
+    simulator = await spawn("simulate", "--listen", "127.0.0.1:0", "--config.file", str(sim_config))
     assert simulator.stdout is not None
     sim_url = await read_until(simulator.stdout, r"^KooDrive simulator: (\S+)")
     config = two_account_config(sim_url, exp_dir, interval=interval)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
+import pty
 import signal
 import socket
 import subprocess
@@ -16,6 +18,8 @@ import aiohttp
 import pytest
 from support import (
     APP_SECRET,
+    ROOT,
+    SCRIPT,
     TOKEN,
     metrics_text,
     read_until,
@@ -31,6 +35,7 @@ from support import (
 )
 
 from exporter import __version__
+from exporter.core import build
 from exporter.sim.simulator import Growth
 
 
@@ -41,7 +46,37 @@ def test_console_script_and_module_agree_on_version() -> None:
     )
     assert script.returncode == module.returncode == 0
     assert script.stdout == module.stdout
-    assert script.stdout.startswith(f"koodrive-exporter {__version__} (python ")
+    revision = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    lines = script.stdout.splitlines()
+    assert lines[0].startswith(f"koodrive-exporter, version {__version__} (branch: ")
+    assert lines[0].endswith(f", revision: {revision})")  # read from .git, as git has it
+    assert [line.split(":")[0].strip() for line in lines[1:]] == [
+        "build user",
+        "build date",
+        "python version",
+        "platform",
+    ]
+    assert lines[3].endswith(f"CPython {platform.python_version()}")
+
+
+def test_a_build_record_is_read_and_cleaned(tmp_path: Path) -> None:
+    """What the Dockerfile writes is taken; what no build writes (a control character, a
+    huge value, a record that is not a mapping) never reaches --version or a label."""
+    record = tmp_path / "build_info.json"
+    fields = {"revision": "abc123", "branch": "v1\n\x1b[31m", "date": "\ud800", "user": "x" * 10**6}
+    record.write_text(json.dumps(fields))  # ASCII: the lone surrogate as an escape
+    assert build._recorded(record) == {
+        "revision": "abc123",
+        "branch": "unknown",
+        "date": "unknown",
+        "user": "x" * 100,
+    }
+    for data in (b"[1, 2]", b"{not json", b'{"branch": "\xed\xa0\x80"}'):
+        record.write_bytes(data)
+        assert build._recorded(record) is None
+    assert build._recorded(tmp_path / "absent.json") is None
 
 
 def test_config_check_ok(tmp_path: Path) -> None:
@@ -64,17 +99,28 @@ def test_config_check_names_negative_interval_and_missing_secret(tmp_path: Path)
 
 
 def test_start_without_config_explains_itself(tmp_path: Path) -> None:
+    """The error, and a hint at --demo for a person at a terminal; a pod's log (stderr not
+    a terminal) gets the error alone."""
     result = run_cli(cwd=tmp_path)
     assert result.returncode == 1
-    assert "config.yaml: no such file" in result.stderr
-    assert "--demo" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr == "config error: config.yaml: no such file\n"
+    primary, secondary = pty.openpty()
+    with os.fdopen(primary, "rb", buffering=0) as terminal:
+        done = subprocess.run(
+            [str(SCRIPT)], cwd=tmp_path, stderr=secondary, stdout=subprocess.DEVNULL, timeout=30
+        )
+        os.close(secondary)
+        text = terminal.read(4096).decode()
+    assert done.returncode == 1
+    assert "config.yaml: no such file" in text
+    assert "hint: try `koodrive-exporter --demo`" in text
 
 
 def test_bad_flags_are_usage_errors() -> None:
     assert run_cli("--web.listen-address", "nonsense").returncode == 2
     assert run_cli("--web.telemetry-path", "metrics").returncode == 2
     assert run_cli("--log.level", "loud").returncode == 2
+    assert run_cli("--log.format", "xml").returncode == 2
 
 
 async def test_demo_is_up_within_five_seconds_and_stops_cleanly() -> None:
@@ -111,7 +157,8 @@ async def test_separate_simulator_and_exporter_processes(tmp_path: Path) -> None
     exp_dir.mkdir()
     simulator = await spawn(
         "simulate", "--listen", "127.0.0.1:0",
-        "--config", str(two_account_config("http://127.0.0.1:1", sim_dir)),
+        "--config", str(two_account_config("http://127.0.0.1:1", sim_dir)),  # the old spelling
+        "--log.level=warn", "--log.format=logfmt",
     )  # fmt: skip
     exporter = None
     try:

@@ -20,6 +20,7 @@ from support import DOC_SUBSCRIPTION, ROOT, families, samples
 from exporter import __version__
 from exporter.core import exposition as exposition_module
 from exporter.core import metrics
+from exporter.core.build import build_info
 from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth, collector_config
 from exporter.core.endpoints import ENDPOINTS, METRICS, QUOTA_TIERS, SUBSCRIPTION
 from exporter.core.exposition import CHUNK, OPENMETRICS, TEXT, Exposition, Format
@@ -33,7 +34,7 @@ GOLDEN_FILES = {
     OPENMETRICS.name: GOLDEN / "metrics.openmetrics",
 }
 # The build labels vary with the interpreter and the release; the golden files pin these.
-GOLDEN_BUILD = 'python_version="3.0.0",version="0.0.0"'
+GOLDEN_BUILD = 'branch="main",python_version="3.0.0",revision="0",version="0.0.0"'
 
 
 class Clock:
@@ -87,7 +88,13 @@ def test_nothing_per_account_before_the_first_poll() -> None:
     assert registry.get_sample_value("koodrive_up", {"account": "a"}) is None
     assert registry.get_sample_value("koodrive_space_used_bytes", {"account": "a"}) is None
     assert registry.get_sample_value("koodrive_poll_duration_seconds_count") == 0
-    build = {"version": __version__, "python_version": platform.python_version()}
+    info = build_info()
+    build = {
+        "version": __version__,
+        "python_version": platform.python_version(),
+        "revision": info.revision,
+        "branch": info.branch,
+    }
     assert registry.get_sample_value("koodrive_exporter_build_info", build) == 1
 
 
@@ -435,7 +442,11 @@ def failed_collector(account: str, collector: str, reason: Reason, at: float) ->
 def golden_text(fmt: Format) -> str:
     exposition = Exposition(golden_state(), clock=Clock(GOLDEN_NOW), process_metrics=False)
     text = exposition.render(fmt).decode()
-    build = f'python_version="{platform.python_version()}",version="{__version__}"'
+    info = build_info()
+    build = (
+        f'branch="{info.branch}",python_version="{platform.python_version()}",'
+        f'revision="{info.revision}",version="{__version__}"'
+    )
     assert text.count(build) == 1
     return text.replace(build, GOLDEN_BUILD)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from support import ROOT, in_ci, required_tool, value
+from support import ROOT, in_ci, required_tool, samples, value
 
 import exporter
 
@@ -446,6 +446,21 @@ def test_image_runs_read_only_as_65532_and_stops_on_sigterm(image: Image, tmp_pa
             used = value(body, "koodrive_space_used_bytes", account=account)
             assert used is not None
             assert used > 0
+        # The build facts scripts/build-image passed, recorded in the wheel (no .git inside).
+        revision = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        build = [
+            dict(labels)
+            for (name, labels), sample in samples(body).items()
+            if name == "koodrive_exporter_build_info" and sample == 1
+        ]
+        assert len(build) == 1
+        assert build[0]["revision"] == revision
+        assert build[0]["version"] == exporter.__version__
 
         # What the exporter runs as, seen from the host.
         status = status_fields(run.pid)

@@ -18,13 +18,37 @@ def test_json_lines_with_level_and_utc_timestamp() -> None:
     assert event["timestamp"].endswith("Z")
 
 
-def test_level_filters() -> None:
+def test_level_filters_with_prometheus_spelling_and_pythons() -> None:
+    for level in ("warn", "warning"):
+        stream = io.StringIO()
+        log = make_logger(level, "json", stream)
+        log.info("hidden")
+        log.debug("hidden")
+        log.warning("shown")
+        log.error("shown too")
+        events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+        assert events == ["shown", "shown too"]
+
+
+def test_logfmt_is_one_line_a_record_whatever_the_values() -> None:
+    """Prometheus' binaries log logfmt; a value with quotes, a newline or an escape stays on
+    its line, quoted, and a traceback is one quoted field."""
     stream = io.StringIO()
-    log = make_logger("warning", "json", stream)
-    log.info("hidden")
-    log.debug("hidden")
-    log.warning("shown")
-    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["shown"]
+    log = make_logger("info", "logfmt", stream)
+    log.info("poll", account='a "b"\nc\x1b[2J', attempts=2, token="s3cret")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    first, second = stream.getvalue().splitlines()
+    assert first.startswith("timestamp=")
+    assert " level=info event=poll " in first
+    assert 'account="a \\"b\\"\\nc\\u001b[2J"' in first
+    assert "attempts=2" in first
+    assert f"token={REDACTED}" in first
+    assert "s3cret" not in first
+    assert " level=error event=failed exception=" in second
+    assert "ValueError: boom" in second
 
 
 def test_auto_is_json_when_not_a_tty_and_console_can_be_forced() -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .. import __version__
+from .build import build_info
 from .model import Reason
 from .state import AccountState, CollectorState, DurationHistogram, ExporterState
 
@@ -125,7 +125,8 @@ def _collectors_errors(account: AccountState) -> Mapping[tuple[str, ...], int] |
 
 
 def _build_info(_: ExporterState) -> Mapping[tuple[str, ...], int]:
-    return {(platform.python_version(), __version__): 1}
+    build = build_info()
+    return {(build.branch, platform.python_version(), build.revision, build.version): 1}
 
 
 # Per account, after the endpoints' rows, in output order; then exporter-wide.
@@ -205,9 +206,9 @@ HEALTH: tuple[Metric, ...] = (
     Metric(
         "koodrive_exporter_build_info",
         "gauge",
-        "Always 1; labels tell the exporter and Python versions.",
+        "Always 1; labels tell the exporter's version, revision and branch, and Python's version.",
         _build_info,
-        labels=("python_version", "version"),
+        labels=("branch", "python_version", "revision", "version"),
         source=EXPORTER,
     ),
     Metric(
