@@ -103,7 +103,9 @@ AFTER_SCRAPE = 1.0  # a first scrape's window ends this long after its answer
 AFTER_RELOAD = 2.0  # a reload's window ends this long after the scrape that follows it
 STEADY_SCRAPE_EVERY = 2.0
 SIGHUP_WAIT = 3.0  # before the first scrape that looks for the account SIGHUP added
-SIGHUP_LOOKS = 10  # gzip scrapes at most, a second apart, until the new account shows
+# gzip scrapes at most, a second apart, until the new account shows: the reload parses for
+# ~3 s, then its first poll falls in the startup window (up to 10 s at 10,000 accounts).
+SIGHUP_LOOKS = 15
 READY_TIMEOUT = 120.0
 PHASES_BOUND = 900.0  # a phases run's prober stops after this long whatever happens
 

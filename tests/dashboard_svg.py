@@ -1,4 +1,4 @@
-"""Draw the dashboard's panel grid as SVG, with live values, for the README.
+"""Draw the dashboard's panel grid as SVG, with live values, for docs/dashboards.md.
 
 It reads the real dashboard JSON (titles, grid positions, units), so the picture cannot
 drift from the dashboard; the end-to-end test fills in values that Prometheus returned, and

@@ -3,7 +3,7 @@ protocol on loopback, renders it with a healthy, a failing and a never-polled ac
 
 What is checked is what a person sees: the rendered text (not the HTML source), that nothing
 overflows a 1,280-pixel-wide window, and that the page logs no console error.
-`KOODRIVE_WRITE_SCREENSHOT=1` refreshes the README's screenshot (docs/landing.png).
+`KOODRIVE_WRITE_SCREENSHOT=1` refreshes the screenshot in docs/reference.md (docs/landing.png).
 """
 
 from __future__ import annotations

@@ -326,7 +326,7 @@ def test_statefulset_mode_shards_by_pod_ordinal() -> None:
 
 
 def test_the_values_schema_knows_every_config_key() -> None:
-    """The chart's schema lists the config's keys (as the README does): a key added to the
+    """The chart's schema lists the config's keys (as docs/reference.md does): a key added to the
     config schema but not to the chart would be refused by `helm install`."""
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
     config = schema["properties"]["config"]["properties"]

@@ -33,8 +33,10 @@ SECTION_REF = re.compile(
     rf"(?:\b([\w-]+\.md)`?\)?,?\s+)?\b(?:its\s+)?sections?\s+"
     rf"({NUMBER}(?:(?:,\s*|\s+and\s+|\s+or\s+){NUMBER})*)\b"
 )
-# The README's sections by name: `(see "Resilience")`, `the README's "Development" section`.
-README_SECTION_REF = re.compile(r'(?:\bsee |README\S*\s)"([A-Z][^"]{2,40})"')
+# Sections by name: `(see "Resilience")` (a heading of the README or of any file in docs/),
+# `docs/reference.md's "Logging"` or `the README's "Kubernetes (Helm)"` (one of that file's).
+NAMED_SECTION_REF = re.compile(r'(?:\bsee |(README|[\w-]+\.md)`?(?:\'s)?\s)"([A-Z][^"]{2,40})"')
+NAMED_HEADING = re.compile(r"^#{1,6} (.+)$", re.MULTILINE)
 HEADING = re.compile(rf"^#{{1,6}}\s+({NUMBER})\.?\s", re.MULTILINE)
 # A comment wrapped over lines reads as one line once the markers are gone.
 COMMENT_BREAK = re.compile(r"\s*\n\s*(?:#+\s*)?")
@@ -104,6 +106,13 @@ def test_the_citations_are_found() -> None:
     assert ("exporter/upstream/signing.py", "4.3") in sections
     assert ("exporter/sim/simulator.py", "2") in sections
     assert ("exporter/sim/simulator.py", "4") in sections
+    named = {
+        (path.relative_to(ROOT).as_posix(), *found)
+        for path in scanned()
+        for found in NAMED_SECTION_REF.findall(text_of(path))
+    }
+    assert ("docs/design.md", "development.md", "The test suite") in named
+    assert ("exporter/core/config.py", "reference.md", "Configuration reference") in named
 
 
 def test_every_cited_markdown_file_exists() -> None:
@@ -128,15 +137,19 @@ def test_every_cited_section_exists() -> None:
     assert not missing, "cited sections with no such heading:\n" + "\n".join(missing)
 
 
-def test_every_cited_readme_section_exists() -> None:
-    headings = set(re.findall(r"^#{2,6} (.+)$", (ROOT / "README.md").read_text("utf-8"), re.M))
-    missing = [
-        f"{path.relative_to(ROOT)}: README section {title!r}"
-        for path in scanned()
-        for title in README_SECTION_REF.findall(text_of(path))
-        if title not in headings
-    ]
-    assert not missing, "cited README sections with no such heading:\n" + "\n".join(missing)
+def test_every_cited_named_section_exists() -> None:
+    documents = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+    headings = {
+        path.name: set(NAMED_HEADING.findall(path.read_text("utf-8"))) for path in documents
+    }
+    anywhere = set().union(*headings.values())
+    missing = []
+    for path in scanned():
+        for name, title in NAMED_SECTION_REF.findall(text_of(path)):
+            document = {"": None, "README": "README.md"}.get(name, name)
+            if title not in (anywhere if document is None else headings.get(document, set())):
+                missing.append(f"{path.relative_to(ROOT)}: {document or 'docs'} {title!r}")
+    assert not missing, "cited sections with no such heading:\n" + "\n".join(missing)
 
 
 @pytest.mark.parametrize("name", ["koodrive-api.md", "design.md"])
@@ -178,3 +191,12 @@ def test_version_is_stated_once() -> None:
     labels = re.findall(r"^ARG VERSION=(\S+)$", dockerfile, re.MULTILINE)
     assert labels == [version]
     assert 'org.opencontainers.image.version="${VERSION}"' in dockerfile
+
+
+def test_the_readme_is_short_and_reaches_every_document() -> None:
+    """The README is what a newcomer reads; the rest lives in docs/, each file linked from it."""
+    readme = (ROOT / "README.md").read_text("utf-8")
+    assert len(readme.encode()) <= 25_000
+    linked = set(re.findall(r"\]\((docs/[\w.-]+)\)", readme))
+    documents = {path.relative_to(ROOT).as_posix() for path in DOCS.glob("*.md")}
+    assert documents <= linked, sorted(documents - linked)

@@ -71,3 +71,25 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
             (fires if check["exp_alerts"] else quiet).add(check["alertname"])
     assert fires == ALERTS
     assert quiet == ALERTS
+
+
+def test_the_readmes_prometheus_config_is_valid_and_matches_the_alerts(
+    promtool: str, tmp_path: Path
+) -> None:
+    """The README's scrape config, with its rule file pointed at ours: promtool accepts it,
+    and its job name is one the exporter-down alert watches."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Prometheus\n", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = yaml.safe_load(block)
+    config["rule_files"] = [str(RULES)]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "check", "config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    down = next(rule for rule in rules() if rule.get("alert") == "KooDriveExporterDown")
+    job = re.search(r'job=~"([^"]+)"', str(down["expr"]))
+    assert job is not None
+    assert all(re.fullmatch(job[1], scrape["job_name"]) for scrape in config["scrape_configs"])

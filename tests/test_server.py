@@ -13,10 +13,9 @@ from support import FakeSource, account, samples, value
 from exporter import __version__
 from exporter.core.config import Config, load_config
 from exporter.core.model import FetchError, Reason
+from exporter.web.offloop import keep_frozen, read_config
 from exporter.web.server import (
     Settings,
-    _keep_frozen,
-    _load,
     check_telemetry_path,
     create_app,
     parse_listen_address,
@@ -307,7 +306,7 @@ async def test_survivors_are_refrozen_and_a_full_collection_comes_round() -> Non
     """Objects made after the first freeze are frozen by the next re-freeze; a cycle frozen
     while alive and dropped later is collected by the periodic full collection only."""
     gc.freeze()
-    freezer = asyncio.create_task(_keep_frozen(refreeze=0.02, full=0.5))
+    freezer = asyncio.create_task(keep_frozen(refreeze=0.02, full=0.5))
     try:
         cycle = _Cycle()
         collected = asyncio.Event()
@@ -338,7 +337,7 @@ def test_a_reload_keeps_the_config_objects_of_unchanged_accounts(tmp_path) -> No
     lines = [entry.format("a", ""), entry.format("b", ", interval: 30s"), entry.format("d", "")]
     path.write_text("accounts:\n" + "\n".join(lines) + "\n")
     for frozen in (False, True):
-        config = _load(str(path), frozen, current)
+        config = read_config(str(path), frozen, current)
         a, b, d = config.accounts
         assert a is current.accounts[0]
         assert b is not current.accounts[1]

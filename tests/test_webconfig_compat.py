@@ -99,17 +99,17 @@ def test_the_toolkit_verdict(pki: Pki, name: str) -> None:
     toolkit_file, toolkit_verdict, ours, *note = CASES[name]
     assert verdict(fixture(pki, name)) == ours, toolkit_file
     if ours != toolkit_verdict:
-        # A difference is deliberate and explained (the README's table lists it).
+        # A difference is deliberate and explained (docs/security.md's table lists it).
         assert note, name
         assert isinstance(note[0], dict), name
         assert note[0].get("differs"), name
 
 
-def test_the_differences_are_few_and_in_the_readme() -> None:
+def test_the_differences_are_few_and_documented() -> None:
     differing = sorted(name for name, case in CASES.items() if case[1] != case[2])
     assert differing == ["all_curves.yml"]
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = readme.split("- Differences from exporter-toolkit v0.17.1.", 1)[1].split("\n\n- ")[0]
+    security = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    table = security.split("- Differences from exporter-toolkit v0.17.1.", 1)[1].split("\n\n- ")[0]
     for name in differing:
         assert f"test data: `{CASES[name][0]}`" in table, name
 

@@ -14,7 +14,6 @@ import os
 import re
 import ssl
 import stat
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -70,13 +69,6 @@ SECRET_FILE_LIMIT = 64 * 1024
 CA_FILE_LIMIT = 1024 * 1024
 # The config nests five levels deep; the limit keeps the composer's recursion bounded.
 MAX_YAML_DEPTH = 32
-# A reload reads the file in a worker thread beside the event loop. Pure Python in a thread
-# takes the GIL for a whole switch interval (5 ms) each time the loop lets go of it for a
-# system call, and a loop makes several a turn: reading 10,000 accounts that way held the
-# loop for up to 600 ms. So the reader lets go of the GIL itself every YIELD_EVERY nodes
-# composed or constructed and every account checked (time.sleep(0)), which costs nothing when no one
-# waits, and hands the loop its turn within a few dozen nodes when it does.
-YIELD_EVERY = 32
 # Polling limits for the KooDrive API, which publishes no rate limit (docs/koodrive-api.md
 # section 6): faster would flood a shared SaaS API (10 ms was 100 requests/s per
 # account), slower than daily makes stale_after meaningless. Loopback endpoints (the
@@ -471,12 +463,8 @@ class _RefusingComposer(yaml.composer.Composer):
         # Explicitly: with the pure-Python loader, the next class in the MRO is not Composer.
         yaml.composer.Composer.__init__(self)
         self._depth = 0
-        self._nodes = 0
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
-        self._nodes += 1
-        if self._nodes % YIELD_EVERY == 0:
-            time.sleep(0)  # see YIELD_EVERY
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             raise _Refused(
@@ -523,9 +511,6 @@ class _StrictLoader(_RefusingComposer, _SafeLoader):  # type: ignore[misc, valid
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         """Any constructor failure (a 5,000-digit int, say) becomes an error with a line."""
-        self._nodes -= 1
-        if self._nodes % YIELD_EVERY == 0:
-            time.sleep(0)  # see YIELD_EVERY
         try:
             return super().construct_object(node, deep=deep)
         except yaml.YAMLError:
@@ -634,7 +619,6 @@ class _Checker(Checker):
 
     def account(self, path: str, item: object) -> AccountConfig | None:
         """Built only when `defaults` are sound too (if not, that is reported already)."""
-        time.sleep(0)  # see YIELD_EVERY
         values = self.walk(_ACCOUNT, path, item, inherited=self.inherited or {})
         if values is None or self.inherited is None or not self.schedule(path, item, values):
             return None
@@ -957,7 +941,7 @@ _X_DATE_MARGIN = partial(_Checker.duration, allow_zero=True, below=X_DATE_WINDOW
 _HEADER_TEXT = partial(_Checker.string, printable=True)
 _USER_ID = partial(_Checker.string, quote_hint=True, printable=True)
 # The keys an account inherits from `defaults`, in the order they are checked; the
-# table in the README's "Configuration reference" lists the same (tests/test_config.py).
+# table in docs/reference.md's "Configuration reference" lists the same (tests/test_config.py).
 _INHERITED: tuple[Key[_Checker], ...] = (
     Key("endpoint", _Checker.endpoint, _built_in("endpoint"), doc="API base URL"),
     Key("interval", _INTERVAL, _built_in("interval"), doc="time between polls"),
@@ -1018,8 +1002,8 @@ _CONFIG = Section(
 
 
 def reference() -> dict[str, str]:
-    """Every key that holds a value -> where it may be set: what the README's configuration
-    reference must list (`defaults` and `accounts` hold the others)."""
+    """Every key that holds a value -> where it may be set: what docs/reference.md's
+    configuration reference must list (`defaults` and `accounts` hold the others)."""
     inherited = {key.name for key in _INHERITED}
     top = {key.name: "top level" for key in _CONFIG.declared() if key.name not in _ACCOUNT_HOLDERS}
     return top | {

@@ -6,8 +6,9 @@ accounts: about 30 ms for collect and render, 2026-11-30 on this project's 2-cor
 synchronously on the event loop; 10,000 accounts: 125 ms). Here the body is made of chunks
 (CHUNK accounts' lines of one family each). A chunk is rendered anew only when a poll of one
 of its accounts has landed (the state notes which) or one of its series went stale, and a
-scrape renders the changed chunks one at a time, yielding to the loop between them (about
-2.5 ms each), before joining them with the ready-made bytes of the others. So the first
+scrape renders the changed chunks in slices of LINES_PER_STEP accounts (under a millisecond),
+yielding to the loop between them, before joining them with the ready-made bytes of the
+others. So the first
 scrape after start or after a reload, which renders everything, takes the loop's time in
 slices too. A large body is gzipped in a worker thread (zlib releases the GIL) from deflate
 segments kept with each chunk, so only changed chunks are compressed; chunks no poll has
@@ -47,6 +48,8 @@ from .textformat import (
 )
 
 CHUNK = 256
+# Accounts whose lines are rendered between two yields to the loop (~10 µs each).
+LINES_PER_STEP = 64
 # How old a served body may be while polls land (see Exposition's rebuild_after).
 REBUILD_AFTER = 0.25
 PROCESS_TTL = 1.0
@@ -274,8 +277,9 @@ class Exposition:
             self._segments[family][chunk] = segment
 
     def _steps(self, now: float, quiet: float = math.inf) -> Iterator[None]:
-        """Bring the chunks up to date with the state, one chunk a step (the caller yields
-        to the loop between steps); with `quiet`, only chunks no poll touched since then."""
+        """Bring the chunks up to date with the state, a few accounts' lines a step (the
+        caller yields to the loop between steps); with `quiet`, only chunks no poll touched
+        since then."""
         self._take(now)
         layout = self._accounts
         for chunk in sorted(self._dirty):
@@ -283,7 +287,11 @@ class Exposition:
                 return  # laid out anew meanwhile (by render()): the next look starts over
             if chunk in self._dirty and self._touched[chunk] <= quiet:
                 self._dirty.discard(chunk)
-                self._render_chunk(chunk, now)
+                for _ in self._render_lines(chunk, now):
+                    yield
+                    if self._accounts is not layout:
+                        return
+                self._join_chunk(chunk, now)
                 yield
 
     def _take(self, now: float) -> None:
@@ -332,12 +340,13 @@ class Exposition:
         self._dirty = set(range(chunks))
         self._touched = [-math.inf] * chunks  # settle may render them at once
 
-    def _render_chunk(self, chunk: int, now: float) -> None:
-        """The chunk's accounts' lines (those to render anew first), without the rows that
-        went stale, joined per family."""
+    def _render_lines(self, chunk: int, now: float) -> Iterator[None]:
+        """Render the chunk's accounts whose lines are to be made anew, LINES_PER_STEP a
+        step: a whole chunk of them is ~2.5 ms, which with the joins around it was enough
+        to keep a probe waiting 20 ms (bench/live.py, steady phase)."""
         accounts = self._state.accounts
-        rows = range(chunk * CHUNK, min((chunk + 1) * CHUNK, len(self._lines)))
-        for index in rows:
+        done = 0
+        for index in range(chunk * CHUNK, min((chunk + 1) * CHUNK, len(self._lines))):
             if self._lines[index] is None:
                 name = self._names[index]
                 account = accounts[name]
@@ -346,6 +355,13 @@ class Exposition:
                 for deadline in deadlines:
                     if deadline >= now:
                         heapq.heappush(self._stale_heap, (deadline, name))
+                done += 1
+                if done % LINES_PER_STEP == 0:
+                    yield
+
+    def _join_chunk(self, chunk: int, now: float) -> None:
+        """The chunk's lines without the rows that went stale, joined per family."""
+        rows = range(chunk * CHUNK, min((chunk + 1) * CHUNK, len(self._lines)))
         lines = [self._lines[index] or NOTHING for index in rows]
         deadlines = [self._deadlines[index] for index in rows]
         fresh = [

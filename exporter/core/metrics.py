@@ -1,8 +1,8 @@
-"""Every metric the exporter serves, declared once; the exposition and the README follow it.
+"""Every metric the exporter serves, declared once; the exposition and the docs follow it.
 
 A row says what a metric is (name, type, help, unit, labels), where its value comes from, and
 whether it leaves the body when its data goes stale. The exposition renders both text formats
-from these rows, and a test holds the README's metrics reference to them, so a metric cannot
+from these rows, and a test holds docs/reference.md's metrics reference to them, so a metric cannot
 be added, renamed or re-documented in one place only.
 
 Values come from plain functions, so the table stays free of rendering. A per-account metric

@@ -4,7 +4,7 @@ One Checker walks both config files and collects every problem with its key path
 (`accounts[1].auth.token_file: ...`): an operator fixes a file in one round, both files
 report alike, and a new key is one declaration. A parser is `(checker, path, raw) -> value`;
 it raises Invalid to refuse a value and returns None for "unset" (the fallback applies).
-Not pydantic: its import alone costs about 100 ms per start (README "Architecture").
+Not pydantic: its import alone costs about 100 ms per start (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -7,8 +7,6 @@ and stop, in reverse order, when it stops: no task or connection outlives the ap
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import gc
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +18,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from ..core.config import AccountConfig, Config, ConfigError, load_config
+from ..core.config import AccountConfig, Config, ConfigError
 from ..core.exposition import OPENMETRICS, REBUILD_AFTER, TEXT, Exposition
 from ..core.poller import Poller, Source
 from ..core.sharding import owned
@@ -39,11 +37,9 @@ from .edge import (
     send_body,
 )
 from .landing import render_landing
+from .offloop import freeze, keep_frozen, read_config
 from .webconfig import WebConfig
 
-# See _keep_frozen.
-REFREEZE_EVERY = 1.0
-FULL_COLLECTION_EVERY = 3600.0
 RESERVED_PATHS = frozenset({"/", "/-/healthy", "/-/ready", "/-/reload"})
 
 
@@ -76,7 +72,7 @@ class Settings:
     # Tests swap the real client for a fake; None means the real KooDrive client.
     source_factory: Callable[[aiohttp.ClientSession], Source] | None = None
     # Keep the garbage collector's view frozen from before the first poll on (the command
-    # line does; a test process, which builds many apps, does not). See _keep_frozen.
+    # line does; a test process, which builds many apps, does not). See offloop.keep_frozen.
     freeze_gc: bool = False
 
 
@@ -213,7 +209,7 @@ async def reload_config(app: web.Application) -> tuple[bool, str]:
         log.warning("reload_ignored", why="no config file (demo mode) or not running")
         return False, "nothing to reload: no config file (demo mode) or not running"
     try:
-        config = await asyncio.to_thread(_load, path, app[SETTINGS].freeze_gc, runtime.config)
+        config = await asyncio.to_thread(read_config, path, app[SETTINGS].freeze_gc, runtime.config)
         mine = _mine(config, app[SETTINGS])
         added, removed, changed = await runtime.poller.update(mine, config.max_concurrency)
     except Exception as exc:  # whatever failed, the old config stays
@@ -270,72 +266,6 @@ def _warn_insecure(config: Config, log: structlog.typing.FilteringBoundLogger) -
             )
 
 
-def _load(path: str, frozen: bool, current: Config) -> Config:
-    """load_config, for a reload in a worker thread, keeping the current objects of the
-    accounts that did not change.
-
-    A reload's cost on the loop is what it allocates and frees there. Accounts that did not
-    change keep their current config objects, so the poller, the state and the exposition
-    see the same object and keep what they built for it; the duplicates parsed here are
-    released one at a time (a release in one piece is one long deallocation holding the GIL,
-    and the loop with it, ~10 ms for 10,000 accounts). And a 10,000-account file makes
-    ~100,000 objects, over which the collector ran full collections in this thread: 50-220
-    ms each with the GIL held (1.2 s to load, the loop stalled up to 221 ms). In a process
-    that keeps its collector view frozen (_keep_frozen) the collector is paused while the
-    file is read and what it made frozen at once, as the next re-freeze would have; garbage
-    cycles the reading left are then frozen too, until the hourly full collection."""
-    if frozen:
-        gc.disable()
-    try:
-        config = load_config(path)
-        known = {account.name: account for account in current.accounts}
-        parsed = list(config.accounts)
-        accounts = tuple(known.get(a.name, a) if known.get(a.name) == a else a for a in parsed)
-        config = dataclasses.replace(config, accounts=accounts)
-        while parsed:
-            parsed.pop()
-        if frozen:
-            gc.freeze()
-        return config
-    finally:
-        if frozen:
-            gc.enable()
-
-
-def _freeze() -> None:
-    gc.collect()
-    gc.freeze()
-
-
-async def _keep_frozen(
-    refreeze: float = REFREEZE_EVERY, full: float = FULL_COLLECTION_EVERY
-) -> None:
-    """Keep what lives long out of the garbage collector's view, so that no collection has
-    to walk it with the loop stopped.
-
-    At 10,000 accounts a full collection walks ~180,000 objects (configs, states,
-    snapshots, the heap): 87 ms with the loop stopped, about once a minute as snapshots
-    replace snapshots (bench/gc_pauses.py, 20 s interval); no slicing of the engine's own
-    work helps against it. So _polling freezes what exists before the first poll, and every
-    `refreeze` seconds the young generations are collected (a few ms: a second's worth of
-    objects) and what survived is frozen too; with that, the longest pause was 2.7 ms.
-    Acyclic garbage is still freed by reference counting, frozen or not. A cycle frozen
-    while alive that dies later would never be collected, so every `full` seconds
-    everything is unfrozen and collected once: one full collection an hour."""
-    last_full = time.monotonic()
-    while True:
-        await asyncio.sleep(refreeze)
-        if not gc.isenabled():
-            continue  # a reload is reading its file (_load): its objects are not to be walked
-        if time.monotonic() - last_full >= full:
-            gc.unfreeze()
-            gc.collect()
-            last_full = time.monotonic()
-        else:
-            gc.collect(1)
-        gc.freeze()
-
-
 def check_telemetry_path(path: str) -> None:
     if not path.startswith("/") or path in RESERVED_PATHS or any(c.isspace() for c in path):
         raise ValueError(
@@ -365,14 +295,14 @@ async def _polling(app: web.Application) -> AsyncIterator[None]:
         max_concurrency=runtime.config.max_concurrency,
     )
     if settings.freeze_gc:
-        _freeze()  # the config, the app and the state, before the first poll
+        freeze()  # the config, the app and the state, before the first poll
     poller.start()
     runtime.poller = poller
     runtime.background.add(asyncio.create_task(app[ACCESS].watch(), name="web-config-watch"))
     settle = app[EXPOSITION].settle()
     runtime.background.add(asyncio.create_task(settle, name="exposition-settle"))
     if settings.freeze_gc:
-        runtime.background.add(asyncio.create_task(_keep_frozen(), name="gc-freeze"))
+        runtime.background.add(asyncio.create_task(keep_frozen(), name="gc-freeze"))
     _warn_insecure(runtime.config, app[LOG])
     try:
         yield
