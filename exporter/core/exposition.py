@@ -8,14 +8,14 @@ synchronously on the event loop; 10,000 accounts: 125 ms). Here the body is made
 of its accounts has landed (the state notes which) or one of its series went stale, and a
 scrape renders the changed chunks in slices of LINES_PER_STEP accounts (under a millisecond),
 yielding to the loop between them, before joining them with the ready-made bytes of the
-others. So the first
-scrape after start or after a reload, which renders everything, takes the loop's time in
-slices too. A large body is gzipped in a worker thread (zlib releases the GIL) from deflate
-segments kept with each chunk, so only changed chunks are compressed; chunks no poll has
-touched for a second are rendered and compressed between scrapes (settle). Metrics the
-table marks `stale` leave the body once their collector's last success is older than its
-stale_after, which a deadline heap notices without looking at every account. The process
-and GC metrics come from prometheus_client's own collectors, refreshed at most once a second.
+others. So the first scrape after start or after a reload, which renders everything, takes
+the loop's time in slices too. A large body is gzipped in a worker thread (zlib releases
+the GIL) from deflate segments kept with each chunk, so only changed chunks are
+compressed; chunks no poll has touched for a second are rendered and compressed between
+scrapes (settle). Metrics the table marks `stale` leave the body once their collector's
+last success is older than its stale_after, which a deadline heap notices without looking
+at every account. The process and GC metrics come from prometheus_client's own collectors,
+refreshed at most once a second.
 """
 
 from __future__ import annotations
