@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -211,6 +212,43 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)
+
+
+# --- clients from a second loopback address --------------------------------------------
+
+
+def _no_port(sock: socket.socket) -> socket.socket:
+    """Let the kernel pick the port at connect, for the whole 4-tuple. A bind to port 0
+    alone takes a port no socket of that address uses, TIME_WAIT ones included: after a
+    suite has left ~20,000 in TIME_WAIT, such binds fail with `Address already in use`."""
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+    return sock
+
+
+def socket_from(source: str) -> socket.socket:
+    """A non-blocking TCP socket bound to `source` (a loopback address), port chosen later."""
+    sock = _no_port(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def connect_from(
+    source: str, port: int, sock: socket.socket | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream to 127.0.0.1:`port` from `source` (or from `sock`, made by socket_from)."""
+    sock = sock or socket_from(source)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock)
+
+
+def connector_from(source: str, **options: object) -> aiohttp.TCPConnector:
+    """An aiohttp connector whose connections come from `source`."""
+    return aiohttp.TCPConnector(
+        local_addr=(source, 0),
+        socket_factory=lambda info: _no_port(socket.socket(info[0], info[1], info[2])),
+        **options,  # type: ignore[arg-type]
+    )
 
 
 # --- a scripted upstream for the poller and the server ------------------------------

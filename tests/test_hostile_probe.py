@@ -17,7 +17,18 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import HASH, PASSWORD, FakeSource, LogCapture, basic, matrix_config, wait_for
+from support import (
+    HASH,
+    PASSWORD,
+    FakeSource,
+    LogCapture,
+    basic,
+    connect_from,
+    connector_from,
+    matrix_config,
+    socket_from,
+    wait_for,
+)
 
 from exporter.core.config import load_config
 from exporter.web import server as server_module
@@ -68,7 +79,7 @@ async def running(
 
 async def exchange(port: int, request: bytes, source: str = "127.0.0.1") -> bytes:
     """Send raw bytes, read until the server closes (or 5 s pass)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    reader, writer = await connect_from(source, port)
     writer.write(request)
     data = b""
     with contextlib.suppress(ConnectionError, TimeoutError):
@@ -138,7 +149,7 @@ async def test_waiting_reloads_are_evictable_and_coalesce(tmp_path: Path) -> Non
         statuses: list[int] = []
 
         async def flooder() -> None:
-            connector = aiohttp.TCPConnector(local_addr=("127.0.0.9", 0), limit=1)
+            connector = connector_from("127.0.0.9", limit=1)
             async with aiohttp.ClientSession(connector=connector) as session:
                 while time.monotonic() < stop_at:
                     with contextlib.suppress(aiohttp.ClientError):
@@ -308,6 +319,20 @@ def test_sockets_are_loopback_only() -> None:
         assert sock.getsockname()[0].startswith("127.")
 
 
+async def test_second_address_clients_take_their_port_only_at_connect() -> None:
+    """The flood clients' sockets reserve no port at bind (a bind to port 0 alone fails
+    once the suite's TIME_WAIT sockets have used that address's ports up), and connect."""
+    with socket_from("127.0.0.2") as sock:
+        assert sock.getsockname() == ("127.0.0.2", 0)
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await connect_from("127.0.0.2", port)
+        assert writer.get_extra_info("sockname")[0] == "127.0.0.2"
+        assert writer.get_extra_info("sockname")[1] != 0
+        writer.close()
+
+
 # --- found by review of the new edge -------------------------------------------------------
 
 
@@ -319,9 +344,7 @@ async def test_a_promised_body_that_never_comes_meets_the_deadline_and_is_evicta
     async with running(tmp_path, max_connections=4, read_header_timeout=1.0) as served:
         drips = []
         for _ in range(4):
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", served.port, local_addr=("127.0.0.10", 0)
-            )
+            reader, writer = await connect_from("127.0.0.10", served.port)
             writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
             drips.append((reader, writer))
         await wait_for(lambda: len(served.app[EDGE].connections) == 4, 3)

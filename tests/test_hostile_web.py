@@ -33,9 +33,12 @@ from support import (
     Served,
     account,
     basic,
+    connect_from,
+    connector_from,
     fetch,
     reap,
     serve_guarded,
+    socket_from,
     start_pair,
     two_account_config,
     wait_for,
@@ -67,13 +70,10 @@ def port_of(served: Served) -> int:
 async def open_raw(
     served: Served, source: str = "127.0.0.1", rcvbuf: int | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setblocking(False)
+    sock = socket_from(source)
     if rcvbuf is not None:  # a tiny receive window, so a client that never reads stalls fast
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.bind((source, 0))
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port_of(served)))
-    return await asyncio.open_connection(sock=sock)
+    return await connect_from(source, port_of(served), sock)
 
 
 async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
@@ -346,7 +346,7 @@ async def test_a_flood_of_guesses_does_not_delay_a_login_from_elsewhere(tmp_path
     web_yaml = f"basic_auth_users:\n  alice: {hash_of(PASSWORD.encode(), cost)}\n"
     async with serving(tmp_path, web_yaml) as served:
         port = port_of(served)
-        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=0)
+        connector = connector_from("127.0.0.2", limit=0)
         async with aiohttp.ClientSession(connector=connector) as attacker:
 
             async def guess(index: int) -> int:
