@@ -77,6 +77,28 @@ def test_a_build_record_is_read_and_cleaned(tmp_path: Path) -> None:
         record.write_bytes(data)
         assert build._recorded(record) is None
     assert build._recorded(tmp_path / "absent.json") is None
+    # Read as any file whose path is not ours: never a FIFO's wait, never more than 4 MiB.
+    record.write_text(json.dumps({"revision": "abc123", "pad": "x" * (4 << 20)}))
+    assert build._recorded(record) is None
+    record.unlink()
+    os.mkfifo(record)
+    assert build._recorded(record) is None
+
+
+def test_a_checkouts_revision_is_read_from_git_and_only_from_git(tmp_path: Path) -> None:
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "packed-refs").write_text(f"# pack-refs\n{'a' * 40} refs/heads/main\n")
+    assert build._from_git(tmp_path) == {"branch": "main", "revision": "a" * 40}
+    (git / "refs" / "heads" / "main").write_text("b" * 40 + "\n")
+    assert build._from_git(tmp_path) == {"branch": "main", "revision": "b" * 40}
+    (tmp_path / "secret").write_text("s3cret\n")
+    (git / "HEAD").write_text("ref: refs/../../secret\n")
+    assert build._from_git(tmp_path) == {}
+    (git / "HEAD").unlink()
+    os.mkfifo(git / "HEAD")
+    assert build._from_git(tmp_path) == {}
 
 
 def test_config_check_ok(tmp_path: Path) -> None:

@@ -16,11 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from .files import read_regular_file
 
 UNKNOWN = "unknown"
 # What a build record may hold, each value a short string; anything else in it is ignored.
 FIELDS = ("revision", "branch", "user", "date")
 _MAX_FIELD = 100
+# Read through read_regular_file, so a FIFO or a huge file cannot hang or bloat the start:
+# a ref is 41 bytes and a build record a few hundred (its values are cut to _MAX_FIELD, so
+# an oversized one is cut, not refused, up to the cap); packed-refs grows with a
+# repository's tags and branches.
+_REF = 4 * 1024
+_RECORD = 4 * 1024 * 1024
+_PACKED_REFS = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +69,7 @@ def _clean(value: object) -> str:
 
 def _recorded(path: Path) -> dict[str, str] | None:
     try:
-        data = json.loads(path.read_text("utf-8"))
+        data = json.loads(read_regular_file(path, _RECORD).decode("utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
@@ -74,17 +82,23 @@ def _from_git(root: Path) -> dict[str, str]:
     process is started); nothing when it is not a plain checkout."""
     git = root / ".git"
     try:
-        head = (git / "HEAD").read_text("utf-8").strip()
+        head = _text(git / "HEAD", _REF)
         if not head.startswith("ref: "):
             return {"revision": _clean(head), "branch": "HEAD"}  # detached
         ref = head.removeprefix("ref: ")
+        if not ref.startswith("refs/") or ".." in ref.split("/"):
+            return {}  # not a ref git would write: nothing outside .git is read
         found = {"branch": _clean(ref.removeprefix("refs/heads/"))}
         loose = git / ref
         if loose.is_file():
-            return {**found, "revision": _clean(loose.read_text("utf-8").strip())}
-        for line in (git / "packed-refs").read_text("utf-8").splitlines():
+            return {**found, "revision": _clean(_text(loose, _REF))}
+        for line in _text(git / "packed-refs", _PACKED_REFS).splitlines():
             if line.endswith(f" {ref}"):
                 return {**found, "revision": _clean(line.split(" ", 1)[0])}
         return found
     except (OSError, ValueError):
         return {}
+
+
+def _text(path: Path, limit: int) -> str:
+    return read_regular_file(path, limit).decode("utf-8").strip()

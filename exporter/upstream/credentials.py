@@ -30,10 +30,9 @@ from ..core.config import (
     AppAuth,
     SecretRef,
     ca_context,
-    file_identity,
-    read_regular_file,
     secret_text,
 )
+from ..core.files import file_identity, read_regular_file
 from ..core.model import FetchError, Reason
 from .signing import AppCredentials, Credentials, TokenCredentials
 

@@ -23,14 +23,13 @@ from typing import Any
 from ..core.config import (
     ConfigError,
     Secret,
-    file_identity,
     load_yaml,
     pem_certificates,
     read_config_file,
     read_or_refuse,
-    read_regular_file,
     show_path,
 )
+from ..core.files import file_identity, read_regular_file
 from ..core.schema import Checker, Invalid, Key, Section, cut, join, show_value
 
 # exporter-toolkit's names; RequireClientCert is its old name for RequireAnyClientCert.
