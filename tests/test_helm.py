@@ -50,7 +50,7 @@ ACCOUNTS = {
 }
 HASH = bcrypt.hashpw(b"scrape-password", bcrypt.gensalt(4)).decode()
 VALUE_SETS: dict[str, dict[str, Any]] = {
-    "defaults": {},
+    "demo": {"demo": True},
     "existing secret": {"config": ACCOUNTS, "existingSecret": "koodrive-credentials"},
     "chart secret, operator on": {
         "config": ACCOUNTS,
@@ -227,7 +227,7 @@ def test_dashboard_configmap_is_the_dashboard_file() -> None:
 
 
 def test_defaults_are_hardened_and_probe_the_health_endpoints() -> None:
-    deployment = render({})["Deployment/kx-koodrive-exporter"]
+    deployment = render({"demo": True})["Deployment/kx-koodrive-exporter"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -239,7 +239,7 @@ def test_defaults_are_hardened_and_probe_the_health_endpoints() -> None:
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
     assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
-    assert "--demo" in container["args"]  # no accounts: the install still shows live metrics
+    assert "--demo" in container["args"]
 
 
 def test_web_config_switches_probes_and_service_monitor_to_https() -> None:
@@ -287,8 +287,9 @@ def test_config_change_rolls_the_pods() -> None:
     ],
 )
 def test_schema_rejects(values: dict[str, Any]) -> None:
-    with pytest.raises(helm.HelmError):
-        render(values)
+    """Refused by values.schema.json itself (HelmValuesError), not by a later check."""
+    with pytest.raises(helm.HelmValuesError):
+        render({"demo": not values.get("config", {}).get("accounts"), **values})
 
 
 def test_dockerfile_is_hadolint_clean() -> None:

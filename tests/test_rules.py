@@ -11,15 +11,17 @@ import yaml
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "dashboards" / "koodrive-rules.yaml"
 RULE_TESTS = ROOT / "dashboards" / "koodrive-rules.test.yaml"
+RUNBOOK = ROOT / "docs" / "runbook.md"
 ALERTS = {
     "KooDriveSpaceAlmostFull",
     "KooDriveSpaceFillingUp",
-    "KooDriveExporterDown",
+    "KooDriveSeatsAlmostExhausted",
     "KooDriveMetricsStale",
     "KooDriveAuthFailing",
     "KooDriveClockSkew",
-    "KooDriveSeatsAlmostExhausted",
-    "KooDriveCollectorFailing",
+    "KooDriveConfigReloadFailed",
+    "KooDriveExporterDown",
+    "KooDriveExporterAbsent",
 }
 
 
@@ -33,7 +35,7 @@ def test_promtool_check_rules(promtool: str) -> None:
         [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 14 rules found" in result.stdout
+    assert "SUCCESS: 16 rules found" in result.stdout
 
 
 def test_promtool_test_rules(promtool: str) -> None:
@@ -53,14 +55,54 @@ def test_alert_conventions() -> None:
     assert {rule["alert"] for rule in alerts} == ALERTS
     for rule in alerts:
         assert re.fullmatch(r"KooDrive[A-Z][A-Za-z]+", str(rule["alert"]))
-        assert rule["labels"]["severity"] in ("warning", "critical")  # type: ignore[index]
+        assert rule["labels"]["severity"] in ("info", "warning", "critical")  # type: ignore[index]
         annotations = rule["annotations"]
-        assert set(annotations) == {"summary", "description"}  # type: ignore[arg-type]
+        assert set(annotations) == {"summary", "description", "runbook_url"}  # type: ignore[arg-type]
         assert rule.get("for"), rule["alert"]
     severities = {
-        r["labels"]["severity"] for r in alerts if r["alert"] == "KooDriveSpaceAlmostFull"
-    }  # type: ignore[index]
-    assert severities == {"warning", "critical"}
+        (r["alert"], r["labels"]["severity"])  # type: ignore[index]
+        for r in alerts
+        if r["alert"] in ("KooDriveSpaceAlmostFull", "KooDriveSpaceFillingUp")
+    }
+    assert severities == {
+        ("KooDriveSpaceAlmostFull", "warning"),
+        ("KooDriveSpaceAlmostFull", "critical"),
+        ("KooDriveSpaceFillingUp", "warning"),
+        ("KooDriveSpaceFillingUp", "info"),
+    }
+
+
+def test_every_alert_links_its_section_of_the_runbook() -> None:
+    """One runbook section per alert, and each alert's runbook_url lands on its own (GitHub
+    anchors: the heading in lower case)."""
+    headings = re.findall(r"^## (\S+)$", RUNBOOK.read_text(encoding="utf-8"), re.MULTILINE)
+    assert sorted(headings) == sorted(ALERTS)
+    for rule in (rule for rule in rules() if "alert" in rule):
+        url = rule["annotations"]["runbook_url"]  # type: ignore[index]
+        base, _, anchor = str(url).partition("#")
+        assert base.endswith("/blob/main/" + RUNBOOK.relative_to(ROOT).as_posix()), url
+        assert anchor == str(rule["alert"]).lower()
+
+
+def test_stale_cases_refuse_a_fixed_threshold(promtool: str, tmp_path: Path) -> None:
+    """The stale cases at 1 m, 30 m and 1 h are not decoration: with the fixed 15 minutes
+    the alert once had, the 30-minute case fails where a healthy collector waits for its
+    next poll."""
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    for rule in groups[0]["rules"]:
+        if rule.get("alert") == "KooDriveMetricsStale":
+            rule["expr"] = "time() - koodrive_collector_last_success_timestamp_seconds > 15 * 60"
+    (tmp_path / RULES.name).write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
+    (tmp_path / RULE_TESTS.name).write_text(RULE_TESTS.read_text(encoding="utf-8"))
+    result = subprocess.run(
+        [promtool, "test", "rules", RULE_TESTS.name],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "alertname: KooDriveMetricsStale, time: 25m" in result.stdout + result.stderr
 
 
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:

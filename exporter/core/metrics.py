@@ -115,6 +115,10 @@ def _collectors_last_success(account: AccountState) -> Mapping[tuple[str, ...], 
     return times or None
 
 
+def _collectors_stale_after(account: AccountState) -> Mapping[tuple[str, ...], float]:
+    return {(name,): poll.stale_after for name, poll in account.collectors.items()}
+
+
 def _collectors_errors(account: AccountState) -> Mapping[tuple[str, ...], int] | None:
     errors = {
         (name, reason.value): count
@@ -183,6 +187,16 @@ HEALTH: tuple[Metric, ...] = (
         "gauge",
         "Unix time when the last successful poll of the collector started.",
         _collectors_last_success,
+        labels=("account", "collector"),
+        unit="seconds",
+        source=ACCOUNT,
+    ),
+    Metric(
+        "koodrive_collector_stale_after_seconds",
+        "gauge",
+        "Age of the collector's last success at which its metrics are dropped from /metrics "
+        "(its stale_after); staleness alerts compare against it.",
+        _collectors_stale_after,
         labels=("account", "collector"),
         unit="seconds",
         source=ACCOUNT,

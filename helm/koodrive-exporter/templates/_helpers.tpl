@@ -76,3 +76,16 @@ app.kubernetes.io/part-of: koodrive-exporter
 {{- define "koodrive-exporter.scheme" -}}
 {{- if include "koodrive-exporter.tlsEnabled" . }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
+
+{{/* Value combinations the schema cannot refuse, refused at render with what to do. */}}
+{{- define "koodrive-exporter.validate" -}}
+{{- if and .Values.demo .Values.config.accounts }}
+{{- fail "demo: true runs fake accounts instead of config.accounts; set one of them, not both" }}
+{{- end }}
+{{- if not (or .Values.demo .Values.config.accounts) }}
+{{- fail "config.accounts is empty: add the KooDrive accounts to poll (see the chart's README), or set demo: true to try the chart with two fake accounts" }}
+{{- end }}
+{{- if and .Values.grafanaDashboard.enabled (not .Values.prometheusRule.enabled) }}
+{{- fail "grafanaDashboard.enabled needs prometheusRule.enabled: the dashboard's panels read the chart's recording rules" }}
+{{- end }}
+{{- end }}
