@@ -73,9 +73,9 @@ def recorded_names() -> set[str]:
     return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
 
 
-def test_variables_datasource_job_account() -> None:
+def test_variables_datasource_job_account_and_top_n() -> None:
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
-    assert list(variables) == ["datasource", "job", "account"]
+    assert list(variables) == ["datasource", "job", "account", "topn"]
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     for name in ("job", "account"):
@@ -84,6 +84,8 @@ def test_variables_datasource_job_account() -> None:
         assert variable["query"]["query"].startswith("label_values(")
         assert variable["multi"] is True
         assert variable["includeAll"] is True
+    assert variables["topn"]["type"] == "custom"
+    assert variables["topn"]["current"]["value"] in variables["topn"]["query"].split(",")
 
 
 def test_no_hard_coded_datasource_uid() -> None:
@@ -118,23 +120,63 @@ def test_every_panel_has_unit_description_and_queries() -> None:
 def test_expected_panels_and_units() -> None:
     by_title = {p["title"]: p for p in panels(load_dashboard())}
     units = {title: p["fieldConfig"]["defaults"]["unit"] for title, p in by_title.items()}
-    assert units["Used and capacity"] == "bytes"
-    assert units["Allocated space"] == "bytes"
-    assert units["Free space"] == "bytes"
-    assert units["Growth per day"] == "bytes"
-    assert units["Utilization"] == units["Utilization over time"] == "percentunit"
-    assert units["Full at (forecast)"] == "dateTimeFromNow"
-    for title in ("Utilization", "Utilization over time"):
+    assert units["Used"] == units["Capacity"] == units["Fleet used and capacity"] == "bytes"
+    assert units["Fleet utilization"] == units["Utilization, top $topn"] == "percentunit"
+    assert units["Full in, soonest $topn"] == "s"
+    for title in ("Fleet utilization", "Utilization, top $topn", "Seats taken, top $topn"):
         steps = by_title[title]["fieldConfig"]["defaults"]["thresholds"]["steps"]
         assert [s["value"] for s in steps] == [None, 0.8, 0.9]
-    for title in ("Up", "Age of last success", "Poll errors by reason", "Poll duration",
-                  "Clock skew"):  # fmt: skip
+    full_in = by_title["Full in, soonest $topn"]["fieldConfig"]["defaults"]["thresholds"]
+    assert [(s["value"], s["color"]) for s in full_in["steps"]] == [
+        (None, "red"), (86400, "yellow"), (604800, "green")
+    ]  # fmt: skip
+    for title in ("Accounts down and stale collectors", "Poll errors by reason",
+                  "Poll duration", "Clock skew", "Config reload"):  # fmt: skip
         assert title in by_title
-    assert units["Seats used and subscribed"] == "none"
-    assert units["Subscribed capacity and used"] == "bytes"
-    assert units["Quota and usage per space type"] == "bytes"
-    assert units["Quota tiers"] == "bytes"
-    assert by_title["Quota tiers"]["type"] == "table"
+
+
+def test_the_accounts_table_has_a_row_per_account_with_thresholds() -> None:
+    table = next(p for p in panels(load_dashboard()) if p["title"] == "Accounts")
+    assert table["type"] == "table"
+    assert all(t["instant"] and t["format"] == "table" for t in table["targets"])
+    assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
+    columns = {}
+    for override in table["fieldConfig"]["overrides"]:
+        properties = {p["id"]: p["value"] for p in override["properties"]}
+        ref = override["matcher"]["options"].removeprefix("Value #")
+        assert ref in {t["refId"] for t in table["targets"]}
+        columns[properties["displayName"]] = properties
+    assert list(columns) == [
+        "Used", "Capacity", "Utilization", "Growth per day", "Full in (forecast)", "Up"
+    ]  # fmt: skip
+    assert columns["Used"]["unit"] == columns["Capacity"]["unit"] == "bytes"
+    utilization = columns["Utilization"]["thresholds"]["steps"]
+    assert [s["value"] for s in utilization] == [None, 0.8, 0.9]
+    assert columns["Full in (forecast)"]["custom.cellOptions"]["type"] == "color-background"
+    assert table["options"]["sortBy"] == [{"displayName": "Utilization", "desc": True}]
+
+
+BOUNDED = re.compile(r"^(?:count|sum|max|min|topk|bottomk|histogram_quantile)\b|\band topk\(")
+
+
+def test_no_panel_draws_one_series_per_account() -> None:
+    """At 10,000 accounts a panel with a line or a stat per account is unusable: every
+    query that selects accounts is an aggregation or a top N, except the one table."""
+    for panel in panels(load_dashboard()):
+        if panel["type"] == "table":
+            continue
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if "$account" in expr:
+                assert BOUNDED.search(expr), (panel["title"], expr)
+
+
+def test_panels_that_read_recording_rules_say_so() -> None:
+    recorded = recorded_names()
+    for panel in panels(load_dashboard()):
+        uses = {name for t in panel["targets"] for name in METRIC.findall(t["expr"])}
+        if uses & recorded:
+            assert "recording rules" in panel["description"], panel["title"]
 
 
 def test_every_metric_used_is_exported_or_recorded() -> None:
@@ -168,7 +210,7 @@ def test_dashboard_type_checks_against_grafana_schema(tmp_path: Path) -> None:
     ("old", "new", "complaint"),
     [
         ('"mode": "absolute"', '"mode": "abs"', '"abs"'),  # not a ThresholdsMode
-        ('"title": "Up"', '"titel": "Up"', "titel"),  # unknown key
+        ('"title": "Clock skew"', '"titel": "Clock skew"', "titel"),  # unknown key
         ('"refresh": 2', '"refresh": "sometimes"', "VariableRefresh"),
     ],
 )
