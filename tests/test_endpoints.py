@@ -20,12 +20,12 @@ from support import DOC_SUBSCRIPTION
 from exporter.core.config import AccountConfig, AppAuth, Secret, SecretRef
 from exporter.core.endpoints import (
     ENDPOINTS,
-    METRICS,
     OVERVIEW,
     QUOTA_TIERS,
     SUBSCRIPTION,
     Endpoint,
 )
+from exporter.core.metrics import METRICS
 from exporter.core.model import FetchError, Reason
 from exporter.sim.simulator import verify_app_auth
 from exporter.upstream.client import MAX_PAGES, KooDriveClient

@@ -88,6 +88,51 @@ def test_the_checker_catches_a_violation() -> None:
     assert imports_of(lazy, "exporter.web.server") == {"exporter.sim"}
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, every import included (lazy ones, and
+    those under TYPE_CHECKING, which a type checker follows as any other)."""
+    modules = {module_of(path): path for path in SOURCES}
+    return {
+        module: imports_of(path.read_text("utf-8"), module, path.name == "__init__.py")
+        & set(modules)
+        for module, path in modules.items()
+    }
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle, each as the path that closes it (depth-first search)."""
+    found: list[list[str]] = []
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            found.append([*path[path.index(module) :], module])
+            return
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    return found
+
+
+def test_no_import_circle() -> None:
+    """A circle makes import order matter and a module impossible to read on its own; the
+    core once had one through a TYPE_CHECKING import (config -> endpoints -> metrics ->
+    state -> config), which metric.py (the row type, apart from the table) broke."""
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_finder_finds_one() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c", "a"]]
+    typing_only = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .state import S\n"
+    assert imports_of(typing_only, "exporter.core.config") == {"exporter.core.state"}
+
+
 def test_the_exporter_does_not_load_the_simulator() -> None:
     code = (
         "import sys, exporter.cli, exporter.__main__\n"

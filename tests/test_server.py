@@ -264,7 +264,7 @@ async def test_repeated_accept_fields_are_one_list(aiohttp_client, logs) -> None
 
 
 def test_a_broken_clock_cannot_make_the_histogram_invalid() -> None:
-    from exporter.core.state import DurationHistogram
+    from exporter.core.model import DurationHistogram
 
     histogram = DurationHistogram()
     for duration in (-0.5, float("nan"), float("inf"), 0.01):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from .metrics import Metric, table
+from .metric import Metric
 from .model import PRIMARY, FetchError, Reason, Usage, UsageBytes
 
 INT64_MAX = (1 << 63) - 1
@@ -295,7 +295,3 @@ ENDPOINTS: Mapping[str, Endpoint] = MappingProxyType(
 DEFAULT_COLLECTORS = (OVERVIEW.name,)
 if PRIMARY not in ENDPOINTS:
     raise ValueError(f"the health metrics describe {PRIMARY!r}, which is not an endpoint")
-
-METRICS = table((endpoint.name, endpoint.metrics) for endpoint in ENDPOINTS.values())
-ACCOUNT_METRICS = tuple(metric for metric in METRICS if metric.per_account)
-GLOBAL_METRICS = tuple(metric for metric in METRICS if not metric.per_account)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
-from .endpoints import ACCOUNT_METRICS, GLOBAL_METRICS
+from .metrics import ACCOUNT_METRICS, GLOBAL_METRICS
 from .state import AccountState, ExporterState
 from .textformat import (
     EOF,

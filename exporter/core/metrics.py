@@ -24,49 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
 
 from .build import build_info
-from .model import Reason
-from .state import AccountState, CollectorState, DurationHistogram, ExporterState
-
-Number = int | float
-Value = Number | Mapping[tuple[str, ...], Number] | DurationHistogram | None
-Kind = Literal["gauge", "counter", "histogram"]
-
-# Pseudo-sources of rows that read state rather than a collector's result.
-POLL = ":poll"
-ACCOUNT = ":account"
-EXPORTER = ":exporter"
-REASONS = ", ".join(reason.value for reason in Reason)
-
-
-@dataclass(frozen=True, slots=True)
-class Metric:
-    """One metric family. `name` is what queries use: a counter's includes `_total`."""
-
-    name: str
-    type: Kind
-    help: str
-    value: Callable[[Any], Value]
-    labels: tuple[str, ...] = ()
-    # What `value` reads: a collector's name (its last result), POLL, ACCOUNT or EXPORTER.
-    source: str = POLL
-    # OpenMetrics unit; the spec wants it as the name's suffix, which the table checks below.
-    unit: str = ""
-    # Leaves the body once its collector's last success is older than stale_after.
-    stale: bool = False
-
-    @property
-    def per_account(self) -> bool:
-        return self.labels[:1] == ("account",)
-
-    @property
-    def family(self) -> str:
-        """The OpenMetrics family name: a counter's samples add `_total` back."""
-        return self.name.removesuffix("_total") if self.type == "counter" else self.name
+from .endpoints import ENDPOINTS
+from .metric import ACCOUNT, EXPORTER, REASONS, Metric
+from .state import AccountState, CollectorState, ExporterState
 
 
 # The sources run for every account on a relayout: they stay flat, one attribute at a time.
@@ -279,3 +242,8 @@ def _check(metrics: tuple[Metric, ...]) -> None:
     per_account = [metric.per_account for metric in metrics]
     if per_account != sorted(per_account, reverse=True):
         raise ValueError("per-account metrics come first: the body keeps them in one block")
+
+
+METRICS = table((endpoint.name, endpoint.metrics) for endpoint in ENDPOINTS.values())
+ACCOUNT_METRICS = tuple(metric for metric in METRICS if metric.per_account)
+GLOBAL_METRICS = tuple(metric for metric in METRICS if not metric.per_account)

@@ -6,7 +6,9 @@ without pulling in aiohttp or prometheus_client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+import math
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 # The collector whose polls koodrive_up, the other per-account health metrics and the poll
@@ -166,3 +168,33 @@ class Snapshot:
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+
+# Poll latencies of a SaaS API: tens of milliseconds when healthy, up to the timeout when not.
+DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(slots=True)
+class DurationHistogram:
+    """Cumulative-at-render histogram; kept here so the poller need not know prometheus_client."""
+
+    bounds: tuple[float, ...] = DURATION_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one duration; a non-finite or negative one (only a broken clock makes it)
+        is clamped, as a negative or NaN sum would make the whole OpenMetrics body invalid."""
+        if not math.isfinite(value) or value < 0:
+            value = 0.0 if value != math.inf else self.bounds[-1] * 2
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, count) pairs as Prometheus wants them, ending with +Inf."""
+        out: list[tuple[str, int]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out

@@ -8,19 +8,14 @@ polls landed (`landed`), and the exposition looks when it renders.
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .model import PRIMARY, Reason, Snapshot
+from .model import PRIMARY, DurationHistogram, Reason, Snapshot
 
-if TYPE_CHECKING:  # the config imports the endpoints, whose metrics read this module
+if TYPE_CHECKING:
     from .config import AccountConfig
-
-# Poll latencies of a SaaS API: tens of milliseconds when healthy, up to the timeout when not.
-DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass(slots=True)
@@ -54,32 +49,6 @@ class AccountState:
         have not). Derived, not stored: a poll landing while a new list is being built
         lands in a collector state both lists share, and shows in both."""
         return any(collector.last is not None for collector in self.collectors.values())
-
-
-@dataclass(slots=True)
-class DurationHistogram:
-    """Cumulative-at-render histogram; kept here so the poller need not know prometheus_client."""
-
-    bounds: tuple[float, ...] = DURATION_BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
-    total: float = 0.0
-
-    def observe(self, value: float) -> None:
-        """Count one duration; a non-finite or negative one (only a broken clock makes it)
-        is clamped, as a negative or NaN sum would make the whole OpenMetrics body invalid."""
-        if not math.isfinite(value) or value < 0:
-            value = 0.0 if value != math.inf else self.bounds[-1] * 2
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """(le, count) pairs as Prometheus wants them, ending with +Inf."""
-        out: list[tuple[str, int]] = []
-        running = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        return out
 
 
 @dataclass(frozen=True, slots=True)

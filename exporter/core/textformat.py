@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
-from .endpoints import ACCOUNT_METRICS, GLOBAL_METRICS
-from .metrics import ACCOUNT, POLL, Metric, Number
-from .model import PRIMARY
-from .state import AccountState, DurationHistogram, ExporterState
+from .metric import ACCOUNT, POLL, Metric, Number
+from .metrics import ACCOUNT_METRICS, GLOBAL_METRICS
+from .model import PRIMARY, DurationHistogram
+from .state import AccountState, ExporterState
 
 EOF = b"# EOF\n"
 
