@@ -26,11 +26,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .core.config import AccountConfig, AppAuth, Config
 from .core.diagnosis import clock_hint, hint_for
 from .core.endpoints import ENDPOINTS
 from .core.model import FetchError, Hint, Reason
 from .core.poller import TIMEOUT_GRACE
+from .core.settings import AccountConfig, AppAuth, Config
 from .upstream.client import USER_AGENT, KooDriveClient, SignedRequest
 from .upstream.credentials import CredentialStore
 from .upstream.signing import AppCredentials, TokenCredentials, canonical_request, string_to_sign

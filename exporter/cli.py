@@ -18,7 +18,8 @@ from aiohttp import web
 from . import __version__
 from .check import render_json, render_text, run_checks, select
 from .core.build import build_info, version_text
-from .core.config import Config, ConfigError, load_config
+from .core.config import load_config
+from .core.settings import Config, ConfigError
 from .core.sharding import resolve_index
 from .log import FORMATS, LEVELS, make_logger, route_stdlib_logging
 from .signals import Signals

@@ -32,8 +32,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.core.config import AccountConfig, Config, Secret, SecretRef, TokenAuth
 from exporter.core.endpoints import Endpoint
+from exporter.core.settings import AccountConfig, Config, Secret, SecretRef, TokenAuth
 from exporter.core.state import CollectorState, ExporterState
 from exporter.log import make_logger
 from exporter.sim.simulator import Simulator

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from support import LogCapture, families
 
 from exporter.check import check_one, render_json, render_text
-from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.core.exposition import OPENMETRICS, TEXT, Exposition
 from exporter.core.model import Reason
 from exporter.core.poller import Poller
+from exporter.core.settings import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.core.state import ExporterState
 from exporter.upstream.client import KooDriveClient
 from exporter.upstream.credentials import CredentialStore

@@ -16,7 +16,8 @@ import trustme
 from support import APP_SECRET, TOKEN, spawn, two_account_config
 
 from exporter.check import CORRECTED, FAILED, OK, Result, run_checks, select
-from exporter.core.config import Config, load_config
+from exporter.core.config import load_config
+from exporter.core.settings import Config
 from exporter.sim.simulator import Fault, FaultKind, Simulator, start_simulator
 
 JSON_KEYS = {

@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.core.endpoints import OVERVIEW
 from exporter.core.model import FetchError, Reason, Usage, UsageBytes
+from exporter.core.settings import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.upstream.client import BODY_LIMIT, KooDriveClient, parse_answer, target_of
 from exporter.upstream.credentials import CredentialStore
 

@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 from support import two_account_config, value
 
-from exporter.core.config import Config, load_config
+from exporter.core.config import load_config
 from exporter.core.endpoints import QUOTA_TIERS
 from exporter.core.model import Usage
+from exporter.core.settings import Config
 from exporter.sim.simulator import (
     Fault,
     FaultKind,

@@ -7,16 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.core.config import (
-    AppAuth,
-    ConfigError,
-    Secret,
-    TokenAuth,
-    load_config,
-    parse_config,
-    parse_duration,
-    reference,
-)
+from exporter.core.config import load_config, parse_config, reference
+from exporter.core.settings import AppAuth, ConfigError, Secret, TokenAuth, parse_duration
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
 ERROR_FIXTURES = sorted(FIXTURES.glob("*.yaml"))

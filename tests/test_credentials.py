@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.core.config import AccountConfig, AppAuth, Secret, SecretRef, TokenAuth
 from exporter.core.model import FetchError, Reason
+from exporter.core.settings import AccountConfig, AppAuth, Secret, SecretRef, TokenAuth
 from exporter.upstream.credentials import CredentialStore
 from exporter.upstream.signing import AppCredentials, TokenCredentials
 

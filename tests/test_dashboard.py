@@ -22,10 +22,10 @@ from support import (
     samples,
 )
 
-from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.core.endpoints import QUOTA_TIERS, SUBSCRIPTION
 from exporter.core.exposition import Exposition
 from exporter.core.model import Reason, Snapshot, UsageBytes
+from exporter.core.settings import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.core.state import ExporterState
 from exporter.sim.demo import DEMO_COLLECTORS
 

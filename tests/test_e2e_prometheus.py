@@ -32,8 +32,9 @@ from support import (
     two_account_config,
 )
 
-from exporter.core.config import Config, load_config
+from exporter.core.config import load_config
 from exporter.core.model import Usage
+from exporter.core.settings import Config
 from exporter.sim.simulator import quota_tiers
 from exporter.web.server import Settings, create_app
 

@@ -17,7 +17,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from support import DOC_SUBSCRIPTION
 
-from exporter.core.config import AccountConfig, AppAuth, Secret, SecretRef
 from exporter.core.endpoints import (
     ENDPOINTS,
     OVERVIEW,
@@ -27,6 +26,7 @@ from exporter.core.endpoints import (
 )
 from exporter.core.metrics import METRICS
 from exporter.core.model import FetchError, Reason
+from exporter.core.settings import AccountConfig, AppAuth, Secret, SecretRef
 from exporter.sim.simulator import verify_app_auth
 from exporter.upstream.client import MAX_PAGES, KooDriveClient
 from exporter.upstream.credentials import CredentialStore

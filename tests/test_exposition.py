@@ -21,12 +21,12 @@ from exporter import __version__
 from exporter.core import exposition as exposition_module
 from exporter.core import metrics
 from exporter.core.build import build_info
-from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth, collector_config
 from exporter.core.endpoints import ENDPOINTS, QUOTA_TIERS, SUBSCRIPTION
 from exporter.core.exposition import CHUNK, LINES_PER_STEP, OPENMETRICS, TEXT, Exposition, Format
 from exporter.core.metric import EXPORTER, Metric
 from exporter.core.metrics import METRICS
 from exporter.core.model import Reason, Snapshot, UsageBytes
+from exporter.core.settings import AccountConfig, Secret, SecretRef, TokenAuth, collector_config
 from exporter.core.state import ExporterState
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -21,7 +21,9 @@ import pytest
 import trustme
 
 from exporter.core import config as cfg
-from exporter.core.config import Config, ConfigError, load_config, parse_config
+from exporter.core import files, schema, yamlstrict
+from exporter.core.config import load_config, parse_config
+from exporter.core.settings import Config, ConfigError
 from exporter.web.webconfig import WebConfig, load_web_config
 
 VALID = """\
@@ -249,18 +251,18 @@ def test_echoed_values_are_cut_short() -> None:
 
 
 def test_show_value_is_a_short_repr() -> None:
-    assert cfg.show_value("5 minutes") == "'5 minutes'"
-    assert len(cfg.show_value("y" * 10_000)) <= cfg.SHOWN_VALUE_LIMIT + 3
-    assert cfg.show_value("y" * 10_000).endswith("...")
-    assert len(cfg.show_value(list(range(100_000)))) <= cfg.SHOWN_VALUE_LIMIT + 3
-    assert len(cfg.show_value(10**5000)) <= cfg.SHOWN_VALUE_LIMIT + 3
+    assert schema.show_value("5 minutes") == "'5 minutes'"
+    assert len(schema.show_value("y" * 10_000)) <= schema.SHOWN_VALUE_LIMIT + 3
+    assert schema.show_value("y" * 10_000).endswith("...")
+    assert len(schema.show_value(list(range(100_000)))) <= schema.SHOWN_VALUE_LIMIT + 3
+    assert len(schema.show_value(10**5000)) <= schema.SHOWN_VALUE_LIMIT + 3
 
 
 def test_oversized_config_file_is_refused(tmp_path: Path) -> None:
-    assert cfg.CONFIG_FILE_LIMIT == 64 * 1024 * 1024
+    assert yamlstrict.CONFIG_FILE_LIMIT == 64 * 1024 * 1024
     path = tmp_path / "config.yaml"
     with path.open("wb") as file:
-        file.truncate(cfg.CONFIG_FILE_LIMIT + 1)  # sparse: no 64 MiB written to disk
+        file.truncate(yamlstrict.CONFIG_FILE_LIMIT + 1)  # sparse: no 64 MiB written to disk
     result = bounded(lambda: load_config(path, env={}))
     assert isinstance(result, ConfigError)
     assert result.errors == [f"{path}: cannot read: is larger than 64 MiB"]
@@ -273,9 +275,9 @@ def test_read_regular_file_reads_regular_files_and_symlinks(tmp_path: Path) -> N
     (tmp_path / "real").write_bytes(b"abc\n")
     (tmp_path / "link").symlink_to(tmp_path / "real")
     fds = len(os.listdir("/proc/self/fd"))
-    assert cfg.read_regular_file(tmp_path / "link", 4) == b"abc\n"
+    assert files.read_regular_file(tmp_path / "link", 4) == b"abc\n"
     with pytest.raises(OSError, match="larger than 3 bytes"):
-        cfg.read_regular_file(tmp_path / "real", 3)
+        files.read_regular_file(tmp_path / "real", 3)
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
@@ -296,7 +298,7 @@ def test_read_regular_file_refuses_everything_else(tmp_path: Path) -> None:
         }
         for path, message in cases.items():
             with pytest.raises(OSError, match=message):
-                bounded(lambda p=path: cfg.read_regular_file(p, 1024), fifo=fifo)
+                bounded(lambda p=path: files.read_regular_file(p, 1024), fifo=fifo)
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
@@ -341,9 +343,9 @@ def test_special_files_named_by_the_config_fail_fast(
 
 
 def test_huge_secret_file_is_refused(tmp_path: Path) -> None:
-    assert cfg.SECRET_FILE_LIMIT == 64 * 1024
+    assert files.SECRET_FILE_LIMIT == 64 * 1024
     with (tmp_path / "special").open("wb") as file:
-        file.truncate(cfg.SECRET_FILE_LIMIT + 1)
+        file.truncate(files.SECRET_FILE_LIMIT + 1)
     path = token_config(tmp_path, "{token_file: special}")
     result = bounded(lambda: load_config(path, env={}))
     assert isinstance(result, ConfigError)
@@ -656,4 +658,4 @@ def test_secret_files_reread_at_runtime_refuse_fifos(tmp_path: Path) -> None:
     fifo = tmp_path / "token"
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="is a FIFO"):
-        bounded(lambda: cfg.read_secret_file(fifo), fifo=fifo)
+        bounded(lambda: files.read_secret_file(fifo), fifo=fifo)

@@ -26,16 +26,10 @@ import pytest
 import trustme
 from support import APP_ID, APP_SECRET, TOKEN, LogCapture, polls
 
-from exporter.core.config import (
-    SECRET_FILE_LIMIT,
-    AccountConfig,
-    AppAuth,
-    Config,
-    SecretRef,
-    TokenAuth,
-)
+from exporter.core.files import SECRET_FILE_LIMIT
 from exporter.core.model import Reason, Snapshot
 from exporter.core.poller import Poller
+from exporter.core.settings import AccountConfig, AppAuth, Config, SecretRef, TokenAuth
 from exporter.core.state import ExporterState
 from exporter.sim.simulator import Fault, FaultKind, Simulator, start_simulator
 from exporter.upstream.client import KooDriveClient

@@ -45,7 +45,7 @@ from support import (
     wait_metrics,
 )
 
-from exporter.core.config import Config
+from exporter.core.settings import Config
 from exporter.web.edge import BODY_PIECE
 from exporter.web.server import ACCESS, EDGE, EXPOSITION, Settings, create_app, serve
 

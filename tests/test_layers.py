@@ -133,6 +133,21 @@ def test_the_circle_finder_finds_one() -> None:
     assert imports_of(typing_only, "exporter.core.config") == {"exporter.core.state"}
 
 
+# Modules still over the limit, each with the issue that splits it; the list only shrinks.
+OVER_LIMIT = {"sim/simulator.py", "web/webconfig.py"}
+LINE_LIMIT = 500
+
+
+def test_no_module_over_500_lines() -> None:
+    sizes = {
+        path.relative_to(PACKAGE).as_posix(): len(path.read_text("utf-8").splitlines())
+        for path in SOURCES
+    }
+    over = {name for name, lines in sizes.items() if lines > LINE_LIMIT}
+    assert over <= OVER_LIMIT, {name: sizes[name] for name in over - OVER_LIMIT}
+    assert over == OVER_LIMIT, f"{OVER_LIMIT - over} is under {LINE_LIMIT} now: drop it"
+
+
 def test_the_exporter_does_not_load_the_simulator() -> None:
     code = (
         "import sys, exporter.cli, exporter.__main__\n"

@@ -19,7 +19,6 @@ import pytest
 from support import FakeSource, account, polls
 from virtual_clock import on_virtual_time
 
-from exporter.core.config import CollectorConfig
 from exporter.core.endpoints import ENDPOINTS, Endpoint
 from exporter.core.exposition import Exposition
 from exporter.core.model import FetchError, Reason
@@ -33,6 +32,7 @@ from exporter.core.poller import (
     retry_after_cap,
     startup_window,
 )
+from exporter.core.settings import CollectorConfig
 from exporter.core.state import ExporterState
 
 SEED = 3

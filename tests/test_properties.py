@@ -9,9 +9,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.core.config import AccountConfig, Config, ConfigError, parse_config
+from exporter.core.config import parse_config
 from exporter.core.endpoints import OVERVIEW
 from exporter.core.model import FetchError, Reason, UsageBytes
+from exporter.core.settings import AccountConfig, Config, ConfigError
 from exporter.upstream.client import parse_answer
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)

@@ -11,8 +11,9 @@ import pytest
 from support import FakeSource, account, samples, value
 
 from exporter import __version__
-from exporter.core.config import Config, load_config
+from exporter.core.config import load_config
 from exporter.core.model import FetchError, Reason
+from exporter.core.settings import Config
 from exporter.web.offloop import keep_frozen, read_config
 from exporter.web.server import (
     Settings,

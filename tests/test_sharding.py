@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from exporter.core.config import AccountConfig, Secret, SecretRef, TokenAuth
+from exporter.core.settings import AccountConfig, Secret, SecretRef, TokenAuth
 from exporter.core.sharding import owned, owner, resolve_index
 
 NAMES = [f"tenant-{i:05d}" for i in range(6000)]

@@ -10,7 +10,7 @@ import bcrypt
 import pytest
 import trustme
 
-from exporter.core.config import ConfigError
+from exporter.core.settings import ConfigError
 from exporter.web.webconfig import load_web_config
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()

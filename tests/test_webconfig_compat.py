@@ -25,7 +25,7 @@ import yaml
 from aiohttp import web
 from support import ROOT, LogCapture
 
-from exporter.core.config import ConfigError, Secret
+from exporter.core.settings import ConfigError, Secret
 from exporter.web.access import Access, TokenBucket
 from exporter.web.edge import Edge, listen
 from exporter.web.webconfig import RateLimit, load_web_config

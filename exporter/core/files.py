@@ -7,8 +7,23 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import ssl
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from .schema import Invalid, cut
+
+_T = TypeVar("_T")
+# Tokens and app secrets are a few hundred bytes at most.
+SECRET_FILE_LIMIT = 64 * 1024
+# A full public CA bundle (Mozilla's, as shipped by certifi) is about 300 KB.
+CA_FILE_LIMIT = 1024 * 1024
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN ((?:TRUSTED |X509 )?CERTIFICATE)-----\r?\n.*?-----END \1-----", re.DOTALL
+)
 
 
 def file_identity(path: Path) -> tuple[int, int, int, int]:
@@ -84,3 +99,66 @@ def _is_socket(path: Path) -> bool:
         return stat.S_ISSOCK(os.stat(path).st_mode)
     except (OSError, ValueError):
         return False
+
+
+def read_secret_file(path: Path) -> str:
+    """Read a secret file, through read_regular_file, so a FIFO or device cannot hang a poll."""
+    return secret_text(read_regular_file(path, SECRET_FILE_LIMIT))
+
+
+def secret_text(content: bytes) -> str:
+    """A secret file's content as text, without the trailing newline editors and `echo` add."""
+    return content.decode("utf-8").rstrip("\r\n")
+
+
+def pem_certificates(data: bytes) -> str:
+    """The PEM certificates in a CA bundle, for `cadata=`; ValueError if there are none.
+
+    Only the certificate blocks are kept: bundles such as certifi's carry comments in UTF-8
+    between them, which `cadata=` (ASCII only) would refuse.
+    """
+    blocks = [match.group(0) for match in _PEM_CERTIFICATE.finditer(data)]
+    if not blocks:
+        raise ValueError("no PEM certificate in it")
+    try:
+        return b"\n".join(blocks).decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("a certificate block holds non-ASCII bytes") from None
+
+
+def load_ca_context(path: Path) -> ssl.SSLContext:
+    """A client context trusting the CA bundle at `path`, read safely (see read_regular_file).
+
+    OpenSSL given the path itself would block on a FIFO; given the bytes it cannot.
+    """
+    return ca_context(read_regular_file(path, CA_FILE_LIMIT))
+
+
+def ca_context(bundle: bytes) -> ssl.SSLContext:
+    """A verifying client context trusting exactly the PEM certificates in `bundle`."""
+    return ssl.create_default_context(cadata=pem_certificates(bundle))
+
+
+def read_or_refuse(file: Path, reader: Callable[[Path], _T], shown: str) -> _T:
+    """What `reader` makes of a file named in a config; failures as Invalid naming the file
+    (as `shown`), never showing its content."""
+    try:
+        return reader(file)
+    except FileNotFoundError:
+        raise Invalid(f"no such file: {shown}") from None
+    except OSError as exc:
+        raise Invalid(f"cannot read {shown}: {os_reason(exc)}") from None
+    except UnicodeDecodeError:
+        raise Invalid(f"cannot read {shown}: not UTF-8 text") from None
+    except (ValueError, ssl.SSLError) as exc:
+        reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else str(exc)
+        raise Invalid(f"not a PEM CA bundle: {shown} ({cut(str(reason))})") from None
+
+
+def show_path(file: Path) -> str:
+    """A file name from the config as an error message may quote it."""
+    return cut(str(file), 200)
+
+
+def os_reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__

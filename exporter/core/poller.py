@@ -39,10 +39,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from .config import DEFAULT_MAX_CONCURRENCY, AccountConfig, AppAuth, CollectorConfig
 from .diagnosis import hint_for
 from .endpoints import ENDPOINTS, Endpoint
 from .model import FetchError, Reason, Snapshot
+from .settings import DEFAULT_MAX_CONCURRENCY, AccountConfig, AppAuth, CollectorConfig
 from .state import ExporterState
 
 # The first round is spread over a few seconds, not over a whole interval: readiness should

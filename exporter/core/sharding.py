@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from .config import AccountConfig
+from .settings import AccountConfig
 
 _ORDINAL = re.compile(r"-(\d+)$")
 

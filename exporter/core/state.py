@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .model import PRIMARY, DurationHistogram, Reason, Snapshot
 
 if TYPE_CHECKING:
-    from .config import AccountConfig
+    from .settings import AccountConfig
 
 
 @dataclass(slots=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import secrets
 
-from ..core.config import (
+from ..core.endpoints import ENDPOINTS
+from ..core.settings import (
     STALE_INTERVALS,
     AccountConfig,
     AppAuth,
@@ -19,7 +20,6 @@ from ..core.config import (
     TokenAuth,
     collector_config,
 )
-from ..core.endpoints import ENDPOINTS
 
 DEMO_INTERVAL = 5.0
 DEMO_TIMEOUT = 2.0

@@ -34,9 +34,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..core.config import AccountConfig, AppAuth, Config
 from ..core.endpoints import ENDPOINTS
 from ..core.model import FetchError, Usage
+from ..core.settings import AccountConfig, AppAuth, Config
 from ..upstream.credentials import CredentialStore
 
 X_DATE_WINDOW = 15 * 60

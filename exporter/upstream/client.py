@@ -24,7 +24,6 @@ import aiohttp
 from yarl import URL
 
 from .. import __version__
-from ..core.config import AccountConfig
 from ..core.endpoints import Endpoint, int64_field
 from ..core.model import (
     BODY_HEAD_LIMIT,
@@ -35,6 +34,7 @@ from ..core.model import (
     Reason,
     truncate,
 )
+from ..core.settings import AccountConfig
 from .clock import PLAUSIBLE_SKEW, SkewEstimator, parse_http_date, parse_retry_after
 from .credentials import CredentialStore
 from .signing import new_trace_id, request_headers

@@ -23,17 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from ..core.config import (
+from ..core.files import (
     CA_FILE_LIMIT,
     SECRET_FILE_LIMIT,
-    AccountConfig,
-    AppAuth,
-    SecretRef,
     ca_context,
+    file_identity,
+    read_regular_file,
     secret_text,
 )
-from ..core.files import file_identity, read_regular_file
 from ..core.model import FetchError, Reason
+from ..core.settings import AccountConfig, AppAuth, SecretRef
 from .signing import AppCredentials, Credentials, TokenCredentials
 
 # How stale a file's stat may be before the async path looks again: a rotation is picked

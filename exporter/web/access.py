@@ -32,7 +32,7 @@ import bcrypt
 import structlog
 from aiohttp import web
 
-from ..core.config import ConfigError, Secret
+from ..core.settings import ConfigError, Secret
 from .edge import MAX_BODY_BYTES, Edge, TLSChoice, client_group
 from .webconfig import (
     TLS_VERSIONS,

@@ -15,7 +15,8 @@ import gc
 import sys
 import time
 
-from ..core.config import Config, load_config
+from ..core.config import load_config
+from ..core.settings import Config
 
 # See keep_frozen.
 REFREEZE_EVERY = 1.0

@@ -18,9 +18,9 @@ import structlog
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from ..core.config import AccountConfig, Config, ConfigError
 from ..core.exposition import OPENMETRICS, REBUILD_AFTER, TEXT, Exposition
 from ..core.poller import Poller, Source
+from ..core.settings import AccountConfig, Config, ConfigError
 from ..core.sharding import owned
 from ..core.state import ExporterState
 from ..upstream.client import USER_AGENT, KooDriveClient

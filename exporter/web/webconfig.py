@@ -20,17 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import (
-    ConfigError,
-    Secret,
-    load_yaml,
+from ..core.files import (
+    file_identity,
     pem_certificates,
-    read_config_file,
     read_or_refuse,
+    read_regular_file,
     show_path,
 )
-from ..core.files import file_identity, read_regular_file
 from ..core.schema import Checker, Invalid, Key, Section, cut, join, show_value
+from ..core.settings import ConfigError, Secret
+from ..core.yamlstrict import load_yaml, read_config_file
 
 # exporter-toolkit's names; RequireClientCert is its old name for RequireAnyClientCert.
 CLIENT_AUTH_TYPES = {
