@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .configvalues import MAX_INTERVAL, MIN_INTERVAL, MIN_TIMEOUT, POLL_LIMITS, ValueChecker
+from .configvalues import (
+    MAX_INTERVAL,
+    MIN_INTERVAL,
+    MIN_TIMEOUT,
+    POLL_LIMITS,
+    ValueChecker,
+    fold_name,
+)
 from .endpoints import ENDPOINTS
 from .schema import (
     NOT_MAPPING,
@@ -101,15 +108,22 @@ class _Checker(ValueChecker):
         if not isinstance(raw, list) or not raw:
             raise Invalid(_NO_ACCOUNTS)
         accounts: dict[str, AccountConfig] = {}
-        seen: dict[str, str] = {}
+        seen: dict[str, tuple[str, str]] = {}  # folded name -> (where, name)
         for where, item in self.items(path, raw):
             account = self.account(where, item)
-            if account is not None and account.name in seen:
+            if account is None:
+                continue
+            folded = fold_name(account.name)
+            if folded in seen:
+                also, first = seen[folded]
                 shown = self.show(f"{where}.name", account.name)
-                also = seen[account.name]
-                self.error(f"{where}.name", f"duplicate account name {shown} (also {also})")
-            elif account is not None:
-                seen[account.name] = where
+                alike = "" if first == account.name else f" {self.show(also + '.name', first)}"
+                why = "" if not alike else ": the same name after Unicode NFKC and case folding"
+                self.error(
+                    f"{where}.name", f"duplicate account name {shown} (also {also}{alike}{why})"
+                )
+            else:
+                seen[folded] = (where, account.name)
                 accounts[account.name] = account
         return tuple(accounts.values())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,10 @@ class ValueChecker(Checker):
         name = self.string(path, raw)
         if len(name) > _NAME_LIMIT or not name.isprintable():
             raise Invalid(f"must be printable and at most {_NAME_LIMIT} characters")
+        scripts = sorted({script for char in name if (script := _script(char)) in _CONFUSABLE})
+        if len(scripts) > 1:
+            mixed = " and ".join(script.title() for script in scripts)
+            raise Invalid(f"mixes {mixed} letters, which look alike on a dashboard")
         return name
 
     def secret(self, path: str, raw: object) -> Secret:
@@ -260,3 +265,19 @@ class ValueChecker(Checker):
         if missing:
             raise Invalid
         return expanded
+
+
+# Scripts whose letters include look-alikes of each other's (Latin a, Cyrillic U+0430,
+# Greek U+03B1): a name mixing them reads as another account's on a dashboard.
+_CONFUSABLE = frozenset({"LATIN", "GREEK", "CYRILLIC"})
+
+
+def _script(char: str) -> str:
+    """The script of a letter, from its Unicode name ("CYRILLIC SMALL LETTER A"); "" else."""
+    return unicodedata.name(char, "").split(" ", 1)[0] if char.isalpha() else ""
+
+
+def fold_name(name: str) -> str:
+    """What two account names must not share: NFKC-normalised and case-folded (é composed
+    or not, a fullwidth a, the ligature fi against f and i, A against a all meet)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())

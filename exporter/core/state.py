@@ -1,7 +1,8 @@
 """What the poller has learned so far: the shared memory between polling and scraping.
 
-The poller is the only writer and the exposition only reads; both run on the one event loop,
-and snapshots are immutable, so a scrape never sees an account half-updated. Data flows one
+The poller writes what polls learn and, on a reload, the account list; the server writes the
+reload's outcome; the exposition only reads. All run on the one event loop, and snapshots
+are immutable, so a scrape never sees an account half-updated. Data flows one
 way: the state does not call the exposition, it counts changes (`version`) and notes whose
 polls landed (`landed`), and the exposition looks when it renders.
 """
