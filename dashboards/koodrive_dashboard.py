@@ -176,8 +176,11 @@ def accounts_table() -> Panel:
         "Up": ("koodrive_up", "none", colored(((None, "red"), (1, "green")))),
     }  # fmt: skip
     names = {"Growth": "Growth per day", "FullIn": "Full in (forecast)"}
+    # Aggregated to the join's labels: a table query keeps every label as a column, and
+    # `merge` joins rows only where all shared columns agree, which __name__ never would.
     targets = [
-        query(f"{m}{{{SELECT}}}", ref, ref=ref, instant=True) for ref, (m, _, _) in columns.items()
+        query(f"max by (job, instance, account) ({m}{{{SELECT}}})", ref, ref=ref, instant=True)
+        for ref, (m, _, _) in columns.items()
     ]
     overrides = [
         column(ref, names.get(ref, ref), unit, **props) for ref, (_, unit, props) in columns.items()
@@ -265,7 +268,8 @@ def top_panels() -> list[Panel]:
 def health_panels() -> list[Panel]:
     selected = f"{{{SELECT}}}"
     stale = (
-        f"count(time() - koodrive_collector_last_success_timestamp_seconds{selected}"
+        f"count(timestamp(koodrive_collector_last_success_timestamp_seconds{selected})"
+        f" - koodrive_collector_last_success_timestamp_seconds{selected}"
         f" > koodrive_collector_stale_after_seconds{selected}) or vector(0)"
     )
     return [
@@ -275,7 +279,8 @@ def health_panels() -> list[Panel]:
                (f"count(koodrive_up{selected} == 0) or vector(0)", "accounts down"),
                (stale, "stale collectors")),
         bars(f"Age of last success, oldest ${TOP}", "Time since each account's last "
-             "successful poll, oldest first; healthy accounts stay below their interval.", "s",
+             "successful poll, oldest first; a healthy account's stays within about one and a half "
+             "intervals (its slot, plus the scrape's delay).", "s",
              f"topk(${TOP}, time() - koodrive_last_success_timestamp_seconds{selected})"),
         series("Poll errors by reason", "Failed requests per second over all selected "
                "accounts, retries included, by reason.", "reqps",

@@ -9,7 +9,7 @@
   when packaged (a symlink out of the chart would not survive `helm package`);
 - the values table in `helm/koodrive-exporter/README.md`, from values.yaml's comments.
 
-tests/test_generated.py runs `--check`, so a change to a source that was not followed by
+tests/test_chart.py runs `--check`, so a change to a source that was not followed by
 this script fails the suite. Helm renders through helm-python-sdk (the test dependency that
 lints the chart), so no helm binary is needed.
 """
@@ -99,7 +99,7 @@ def values_rows(text: str) -> list[tuple[str, str, str]]:
         while stack and stack[-1][0] >= indent:
             stack.pop()
         path = ".".join([*(key for _, key in stack), match["key"]])
-        value = (match["value"] or "").strip()
+        value = (match["value"] or "").split(" #", 1)[0].strip()  # without a trailing comment
         rows.append((path, value, " ".join(comment)))
         if not value:
             stack.append((indent, match["key"]))
@@ -127,7 +127,8 @@ def chart_readme(current: str) -> str:
         if not (default or description):
             continue  # a block of keys with nothing to say about it as a whole
         shown = f"`{default}`" if default else ""
-        lines.append(f"| `{path}` | {shown.replace('|', '&#124;')} | {description} |")
+        cells = (f"`{path}`", shown, description)
+        lines.append("| " + " | ".join(cell.replace("|", "&#124;") for cell in cells) + " |")
     table = "\n".join(lines) + "\n"
     head, _, rest = current.partition(TABLE_START)
     _, _, tail = rest.partition(TABLE_END)

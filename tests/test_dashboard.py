@@ -139,6 +139,9 @@ def test_the_accounts_table_has_a_row_per_account_with_thresholds() -> None:
     table = next(p for p in panels(load_dashboard()) if p["title"] == "Accounts")
     assert table["type"] == "table"
     assert all(t["instant"] and t["format"] == "table" for t in table["targets"])
+    # One row per account: `merge` joins on every shared column, so none may differ (such
+    # as __name__, which a raw selector or a recording rule returns).
+    assert all(t["expr"].startswith("max by (job, instance, account) (") for t in table["targets"])
     assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
     columns = {}
     for override in table["fieldConfig"]["overrides"]:

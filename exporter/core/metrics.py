@@ -78,6 +78,15 @@ def _collectors_last_success(account: AccountState) -> Mapping[tuple[str, ...], 
     return times or None
 
 
+def _collectors_failing(account: AccountState) -> Mapping[tuple[str, ...], int] | None:
+    failing = {
+        (name, poll.last.reason.value): 1
+        for name, poll in account.collectors.items()
+        if poll.last is not None and poll.last.reason is not None
+    }
+    return failing or None
+
+
 def _collectors_stale_after(account: AccountState) -> Mapping[tuple[str, ...], float]:
     return {(name,): poll.stale_after for name, poll in account.collectors.items()}
 
@@ -152,6 +161,15 @@ HEALTH: tuple[Metric, ...] = (
         _collectors_last_success,
         labels=("account", "collector"),
         unit="seconds",
+        source=ACCOUNT,
+    ),
+    Metric(
+        "koodrive_collector_last_failure",
+        "gauge",
+        "1 while the collector's last poll failed, labelled with why (one of "
+        f"{REASONS}); absent after a success. Alerts match the reason without a lookback.",
+        _collectors_failing,
+        labels=("account", "collector", "reason"),
         source=ACCOUNT,
     ),
     Metric(

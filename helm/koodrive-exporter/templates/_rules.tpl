@@ -30,7 +30,7 @@ Annotations carry Prometheus' own template syntax, kept as Go string literals he
         "expr" "koodrive_subscription_users / (koodrive_subscription_users_limit > 0)")
 }}
 {{- $alerts := list }}
-{{- /* FillingUp leaves out what AlmostFull already calls critical. */}}
+{{- /* FillingUp leaves out what AlmostFull calls critical (by that severity's name). */}}
 {{- $full := "" }}
 {{- with (($a.KooDriveSpaceAlmostFull | default dict).critical) }}
 {{- $full = printf "\n  and account:koodrive_space_utilization:ratio < %v" .threshold }}
@@ -53,22 +53,24 @@ Annotations carry Prometheus' own template syntax, kept as Go string literals he
   "summary" (printf "KooDrive seats of %s are %s taken." $account $percent)
   "description" (printf "Account %s has created more than %v %% of the users its subscription allows, for %s. Remove unused users or buy more seats." $account (round (mulf $s.threshold 100) 2) $s.for)) }}
 {{- end }}
+{{- /* Ages are taken at the scrape (timestamp()), not at evaluation, so the delay between
+scrape and rule evaluation never counts against a fast collector; one that has not succeeded
+since the exporter started counts from the start. */}}
 {{- range $severity, $s := $a.KooDriveMetricsStale }}
 {{- $alerts = append $alerts (dict "alert" "KooDriveMetricsStale" "severity" $severity "s" $s
-  "expr" "time() - koodrive_collector_last_success_timestamp_seconds\n  > on (job, instance, account, collector) koodrive_collector_stale_after_seconds\nor\n  koodrive_collector_up == 0\n  unless on (job, instance, account, collector) koodrive_collector_last_success_timestamp_seconds\n"
+  "expr" "timestamp(koodrive_collector_last_success_timestamp_seconds)\n  - koodrive_collector_last_success_timestamp_seconds\n  > on (job, instance, account, collector) koodrive_collector_stale_after_seconds\nor\n  (\n    timestamp(koodrive_collector_up == 0)\n    - on (job, instance) group_left process_start_time_seconds\n  )\n  > on (job, instance, account, collector) koodrive_collector_stale_after_seconds\n  unless on (job, instance, account, collector) koodrive_collector_last_success_timestamp_seconds\n"
   "summary" (printf "KooDrive data of %s (%s) is stale." $account $collector)
-  "description" (printf "koodrive-exporter has not polled the %s collector of account %s successfully for %s (0s: not once), longer than its stale_after; its metrics are gone from /metrics. koodrive_collector_errors_total tells the reason." $collector $account $duration)) }}
+  "description" (printf "koodrive-exporter has not polled the %s collector of account %s successfully for %s, longer than its stale_after (or since the exporter started); its metrics are gone from /metrics. koodrive_collector_last_failure tells the reason." $collector $account $duration)) }}
 {{- end }}
-{{- /* A counter's first sample shows no increase: a series newer than a day counts too. */}}
 {{- range $severity, $s := $a.KooDriveAuthFailing }}
 {{- $alerts = append $alerts (dict "alert" "KooDriveAuthFailing" "severity" $severity "s" $s
-  "expr" "koodrive_up == 0\n  and on (job, instance, account)\n(\n    increase(koodrive_poll_errors_total{reason=\"auth\"}[1d]) > 0\n  or\n    koodrive_poll_errors_total{reason=\"auth\"}\n    unless koodrive_poll_errors_total{reason=\"auth\"} offset 1d\n)\n"
+  "expr" "koodrive_collector_last_failure{reason=\"auth\"} == 1"
   "summary" (printf "KooDrive rejects the credentials of %s." $account)
-  "description" (printf "The last poll of account %s failed, and KooDrive refused its credentials within the last day (the longest legal interval). Check its AppId/AppSecret or token, the user id and the exporter's clock." $account)) }}
+  "description" (printf "The last poll of the %s collector of account %s was refused for its credentials, for %s. Check its AppId/AppSecret or token, the user id and the exporter's clock." $collector $account $s.for)) }}
 {{- end }}
 {{- range $severity, $s := $a.KooDriveClockSkew }}
 {{- $alerts = append $alerts (dict "alert" "KooDriveClockSkew" "severity" $severity "s" $s
-  "expr" (printf "abs(koodrive_clock_skew_seconds) > %v" $s.seconds)
+  "expr" (printf "max by (job, instance) (abs(koodrive_clock_skew_seconds)) > %v" $s.seconds)
   "summary" (printf "Clock of koodrive-exporter %s is off from KooDrive's." $instance)
   "description" "The exporter's clock differs from KooDrive's by {{ $value | humanize }} seconds. The exporter compensates when signing, but the host's NTP needs fixing.") }}
 {{- end }}
