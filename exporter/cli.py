@@ -50,6 +50,11 @@ def run(argv: Sequence[str] | None = None, signals: Signals | None = None) -> in
     if args.version:
         print(version_text())
         return 0
+    if args.config_schema:
+        from .core.configschema import json_schema_text  # only this flag needs it
+
+        sys.stdout.write(json_schema_text())
+        return 0
     if args.config_check:
         signals.serving = False
         return _check(args.config_file, args.web_config_file)
@@ -112,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="config_check",
         action="store_true",
         help="validate the configuration, print the result and exit",
+    )
+    parser.add_argument(
+        "--config.schema",
+        dest="config_schema",
+        action="store_true",
+        help="print the JSON Schema of the configuration file (for editors and CI) and exit",
     )
     parser.add_argument(
         "--web.listen-address",

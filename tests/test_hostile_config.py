@@ -648,7 +648,7 @@ def test_a_checker_bug_still_surfaces_as_config_error(monkeypatch: pytest.Monkey
     def broken(self: object, raw: object) -> list[object]:
         raise TypeError("a bug")
 
-    monkeypatch.setattr(cfg._Checker, "document", broken)
+    monkeypatch.setattr(cfg.ConfigChecker, "document", broken)
     result = outcome(lambda: parse_config(ACCOUNT, env={}))
     assert isinstance(result, ConfigError)
     assert result.errors == ["<memory>: internal error while checking the config (TypeError)"]

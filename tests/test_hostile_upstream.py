@@ -211,7 +211,9 @@ async def test_a_huge_retry_after_defers_the_next_poll_only_up_to_the_cap(
         await r.poller.stop()
         times = [s.server_time for s in r.simulator.seen if s.account == "acme"]
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert all(cap - 0.02 <= gap <= cap + 0.3 for gap in gaps), gaps
+        # Never before the cap; after it, only as late as a busy machine makes a timer (a
+        # deferral that was not capped would be a day).
+        assert all(cap - 0.02 <= gap <= cap + 2.5 for gap in gaps), gaps
         deferred = r.logs.events("poll_deferred")
         assert len(deferred) == len(times)  # one warning per deferral
         assert {(e["account"], e["applied_s"], e["capped"], e["level"]) for e in deferred} == {

@@ -8,6 +8,7 @@ in yamlstrict.py, the file reading in files.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from functools import partial
@@ -25,6 +26,7 @@ from .configvalues import (
 )
 from .endpoints import ENDPOINTS
 from .schema import (
+    NO_DEFAULT,
     NOT_MAPPING,
     REQUIRED,
     Choice,
@@ -70,7 +72,7 @@ def parse_config(
     base_dir: Path | None = None,
 ) -> Config:
     raw = load_yaml(text, source)
-    checker = _Checker(env=os.environ if env is None else env, base_dir=base_dir or Path.cwd())
+    checker = ConfigChecker(env=os.environ if env is None else env, base_dir=base_dir or Path.cwd())
     try:
         values = checker.document(raw)
     except Exception as exc:
@@ -85,14 +87,14 @@ def parse_config(
     return Config(values["accounts"], values["max_concurrency"], source=source)
 
 
-class _Checker(ValueChecker):
+class ConfigChecker(ValueChecker):
     """The walk of the config's structure: sections, accounts, schedules, collectors."""
 
     def document(self, raw: object) -> dict[str, Any] | None:
         if raw is None:
             self.error("", "config is empty: it needs an `accounts` list")
             return None
-        return self.walk(_CONFIG, "", raw)
+        return self.walk(CONFIG, "", raw)
 
     def defaults(self, path: str, raw: object) -> dict[str, Any] | None:
         """Checked on their own, so a bad default is reported once at `defaults.x` rather
@@ -101,7 +103,7 @@ class _Checker(ValueChecker):
             return None
         if not self.mapping(NOT_MAPPING, path, raw):
             raw = {}
-        self.inherited = self.walk(_DEFAULTS, path, raw)
+        self.inherited = self.walk(DEFAULTS, path, raw)
         return self.inherited
 
     def accounts(self, path: str, raw: object) -> tuple[AccountConfig, ...]:
@@ -129,7 +131,7 @@ class _Checker(ValueChecker):
 
     def account(self, path: str, item: object) -> AccountConfig | None:
         """Built only when `defaults` are sound too (if not, that is reported already)."""
-        values = self.walk(_ACCOUNT, path, item, inherited=self.inherited or {})
+        values = self.walk(ACCOUNT, path, item, inherited=self.inherited or {})
         if values is None or self.inherited is None or not self.schedule(path, item, values):
             return None
         collectors = self.collector_schedules(path, item, values)
@@ -194,7 +196,7 @@ class _Checker(ValueChecker):
             if name not in ENDPOINTS:
                 self.error(where, f"unknown collector (known: {', '.join(ENDPOINTS)})")
                 continue
-            values = self.walk(_COLLECTOR, where, {} if settings is None else settings)
+            values = self.walk(COLLECTOR, where, {} if settings is None else settings)
             if values is not None:
                 specs.append((name, values.get("interval"), values.get("stale_after")))
         if len(specs) != len(raw):
@@ -260,47 +262,94 @@ _COLLECTORS = (
 _ACCOUNT_HOLDERS = ("defaults", "accounts")
 _AUTH_KINDS = "app_id + app_secret(_file), or token(_file)"
 # The lower limits of interval and timeout depend on the endpoint: `schedule` checks them.
-_INTERVAL = partial(_Checker.duration, at_most=MAX_INTERVAL)
+_INTERVAL = partial(ConfigChecker.duration, at_most=MAX_INTERVAL)
 # At most half the X-Date window (docs/koodrive-api.md section 2.2), leaving room for skew.
-_X_DATE_MARGIN = partial(_Checker.duration, allow_zero=True, below=X_DATE_WINDOW / 2)
+_X_DATE_MARGIN = partial(ConfigChecker.duration, allow_zero=True, below=X_DATE_WINDOW / 2)
 # Both are sent as HTTP headers; a user id written as a number has lost digits to YAML.
-_HEADER_TEXT = partial(_Checker.string, printable=True)
-_USER_ID = partial(_Checker.string, quote_hint=True, printable=True)
+_HEADER_TEXT = partial(ConfigChecker.string, printable=True)
+_USER_ID = partial(ConfigChecker.string, quote_hint=True, printable=True)
 # The keys an account inherits from `defaults`, in the order they are checked; the
 # table in docs/reference.md's "Configuration reference" lists the same (tests/test_config.py).
-_INHERITED: tuple[Key[_Checker], ...] = (
-    Key("endpoint", _Checker.endpoint, _built_in("endpoint"), doc="API base URL"),
-    Key("interval", _INTERVAL, _built_in("interval"), doc="time between polls"),
-    Key("timeout", _INTERVAL, _built_in("timeout"), doc="total time for one request"),
-    Key("language", _Checker.language, _built_in("language"), doc="`language` header"),
-    Key("kilobyte", _Checker.kilobyte, _built_in("kilobyte"), doc="bytes per KB, 1024 or 1000"),
-    Key("retries", _Checker.retries, _built_in("retries"), doc="retries within an interval"),
-    Key("backoff", _Checker.duration, _built_in("backoff"), doc="retry backoff base"),
-    Key("x_date_margin", _X_DATE_MARGIN, _built_in("x_date_margin"), doc="X-Date lead"),
-    Key("stale_after", _Checker.duration, doc="default: 3 x interval"),
-    Key("ca_file", _Checker.ca_file, doc="PEM bundle for KooDrive's certificate"),
-    Key("insecure_skip_verify", _Checker.boolean, False, doc="skip certificate checks"),
-    Key("collectors", _Checker.collectors, doc="what to poll, default [overview]"),
-    Key("page_size", _Checker.page_size, _built_in("page_size"), doc="items per page"),
-)
-_DEFAULTS = Section(_INHERITED)
+_INHERITED: tuple[Key[ConfigChecker], ...] = (
+    Key("endpoint", ConfigChecker.endpoint, _built_in("endpoint"), doc=(
+        "API base URL. `https://cn.myhuaweicloud-koodrive.com` for mainland China. `https://` "
+        "is required; `http://` only for loopback hosts (the simulator). May carry a path "
+        "prefix; no credentials, query or fragment.")),
+    Key("interval", _INTERVAL, _built_in("interval"), doc=(
+        "time between polls of an account; each account keeps a fixed slot in it (see "
+        "[Scale](benchmarks.md#scale)). Durations: `500ms`, `30s`, `5m`, `1h`, `1m30s` or a "
+        "number of seconds; 1s to 24h (shorter only for a loopback endpoint such as the "
+        "simulator: KooDrive is a SaaS API).")),
+    Key("timeout", _INTERVAL, _built_in("timeout"), doc=(
+        "total time for one request; at least 100ms (again, less only for loopback) and at "
+        "most `interval`.")),
+    Key("language", ConfigChecker.language, _built_in("language"), doc=(
+        "sent as the `language` header; affects only message language.")),
+    Key("kilobyte", ConfigChecker.kilobyte, _built_in("kilobyte"), doc=(
+        "bytes per KB reported by the API, `1024` or `1000` (KooDrive does not say which it "
+        "means).")),
+    Key("retries", ConfigChecker.retries, _built_in("retries"), doc=(
+        "retries of a transient failure (`timeout`, `connection`, 5xx, `rate_limited`) within "
+        "one interval, 0 to 10.")),
+    Key("backoff", ConfigChecker.duration, _built_in("backoff"), doc=(
+        "base of the exponential backoff with full jitter: retry *n* waits uniformly 0 to "
+        "`backoff` \u00d7 2^*n* (capped at half the interval), and never less than a "
+        "`Retry-After`.")),
+    Key("x_date_margin", _X_DATE_MARGIN, _built_in("x_date_margin"), doc=(
+        "X-Date is signed this much before the (skew-corrected) server time, because KooDrive "
+        "refuses any X-Date later than its clock. 0 to 7.5 minutes.")),
+    Key("stale_after", ConfigChecker.duration, shown="3 \u00d7 `interval`", doc=(
+        "when the last success is older than this, the account's space gauges disappear; "
+        "`koodrive_up` and the timestamp stay. At least the interval.")),
+    Key("ca_file", ConfigChecker.ca_file, shown="system CAs", doc=(
+        "PEM bundle to verify KooDrive's certificate with (e.g. behind a TLS-intercepting "
+        "proxy).")),
+    Key("insecure_skip_verify", ConfigChecker.boolean, False, doc=(
+        "do not verify KooDrive's certificate. Only when set explicitly; logged as a warning "
+        "at every start and reload.")),
+    Key("collectors", ConfigChecker.collectors, shown="`[overview]`", doc=(
+        "what to poll: a list of `overview`, `subscription`, `quota_tiers`, or a mapping of "
+        "each to null or `{interval, stale_after}` of its own (see \"Collectors\" below).")),
+    Key("page_size", ConfigChecker.page_size, _built_in("page_size"), doc=(
+        "items asked for per page (`limit`) of a paged endpoint (`quota_tiers`), 10 to 1000 "
+        "(100 pages of at least 10 reach the 1,000 tiers read at most).")),
+)  # fmt: skip
+DEFAULTS = Section(_INHERITED)
+_INHERITED_NAMES = frozenset(key.name for key in _INHERITED)
 _COLLECTOR_KEYS = ("interval", "stale_after")
-_COLLECTOR = Section(
+COLLECTOR = Section(
     (
         Key("interval", _INTERVAL, doc="the collector's own interval"),
-        Key("stale_after", _Checker.duration, doc="the collector's own stale_after"),
+        Key("stale_after", ConfigChecker.duration, doc="the collector's own stale_after"),
     ),
     not_mapping="must be null or a mapping with `interval` and/or `stale_after`",
 )
-_APP_AUTH: Section[_Checker] = Section(
+_APP_PAIR_DOC = "the AppSecret, inline (use `${ENV}`) or in a file; exactly one."
+_BEARER_DOC = (
+    "token authentication: the access token, sent verbatim as `Authorization` (include a "
+    "`Bearer+` prefix if KooDrive issued one); exactly one."
+)
+_APP_AUTH: Section[ConfigChecker] = Section(
     (
-        Key("app_id", _HEADER_TEXT, missing=REQUIRED, doc="the AppId"),
-        Either((Key("app_secret", _Checker.secret), Key("app_secret_file", _Checker.secret_file))),
+        Key("app_id", _HEADER_TEXT, missing=REQUIRED, doc="app authentication: the AppId."),
+        Either(
+            (
+                Key("app_secret", ConfigChecker.secret, doc=_APP_PAIR_DOC),
+                Key("app_secret_file", ConfigChecker.secret_file, doc=_APP_PAIR_DOC),
+            )
+        ),
     ),
     build=lambda _c, _path, v: AppAuth(app_id=v["app_id"], secret=_secret_ref(v, "app_secret")),
 )
-_TOKEN_AUTH: Section[_Checker] = Section(
-    (Either((Key("token", _Checker.secret), Key("token_file", _Checker.secret_file))),),
+_TOKEN_AUTH: Section[ConfigChecker] = Section(
+    (
+        Either(
+            (
+                Key("token", ConfigChecker.secret, doc=_BEARER_DOC),
+                Key("token_file", ConfigChecker.secret_file, doc=_BEARER_DOC),
+            )
+        ),
+    ),
     build=lambda _c, _path, v: TokenAuth(token=_secret_ref(v, "token")),
 )
 _AUTH = Choice(
@@ -309,19 +358,41 @@ _AUTH = Choice(
     neither=f"must hold {_AUTH_KINDS}",
     not_mapping=f"must be a mapping with {_AUTH_KINDS}",
 )
-_ACCOUNT = Section(
+ACCOUNT = Section(
     (
-        Key("name", _Checker.name, missing=REQUIRED, doc="the `account` label; unique"),
-        Key("user_id", _USER_ID, missing=REQUIRED, doc="KooDrive user id, `X-User-Id`"),
+        Key(
+            "name",
+            ConfigChecker.name,
+            missing=REQUIRED,
+            doc=(
+                "the `account` label; printable, at most 128 characters; unique even after "
+                "Unicode NFKC normalisation and case folding (`Acme`, `acme` and a fullwidth "
+                "`\uff41cme` are one name); not mixing Latin, Greek and Cyrillic letters."
+            ),
+        ),
+        Key(
+            "user_id",
+            _USER_ID,
+            missing=REQUIRED,
+            doc=(
+                "KooDrive user id, sent as `X-User-Id`. Must be a quoted string (YAML would "
+                "alter long numbers)."
+            ),
+        ),
         Key("auth", _AUTH, missing=_AUTH.not_mapping, doc="app or token authentication"),
         *_INHERITED,
     )
 )
-_CONFIG = Section(
+CONFIG = Section(
     (
-        Key("defaults", _Checker.defaults, {}, doc="settings every account inherits"),
-        Key("accounts", _Checker.accounts, missing=_NO_ACCOUNTS, doc="the accounts to poll"),
-        Key("max_concurrency", _Checker.concurrency, DEFAULT_MAX_CONCURRENCY, doc="polls at once"),
+        Key("defaults", ConfigChecker.defaults, {}, doc="settings every account inherits"),
+        Key("accounts", ConfigChecker.accounts, missing=_NO_ACCOUNTS, doc="the accounts to poll"),
+        Key(
+            "max_concurrency",
+            ConfigChecker.concurrency,
+            DEFAULT_MAX_CONCURRENCY,
+            doc=("polls in flight at once over all accounts, 1 to 4096."),
+        ),
     ),
     not_mapping="config must be a mapping with `defaults` and `accounts`",
 )
@@ -331,8 +402,44 @@ def reference() -> dict[str, str]:
     """Every key that holds a value -> where it may be set: what docs/reference.md's
     configuration reference must list (`defaults` and `accounts` hold the others)."""
     inherited = {key.name for key in _INHERITED}
-    top = {key.name: "top level" for key in _CONFIG.declared() if key.name not in _ACCOUNT_HOLDERS}
+    top = {key.name: "top level" for key in CONFIG.declared() if key.name not in _ACCOUNT_HOLDERS}
     return top | {
         name: "defaults, account" if name in inherited else "account"
-        for name, _key in leaves(_ACCOUNT)
+        for name, _key in leaves(ACCOUNT)
     }
+
+
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """docs/reference.md's configuration table, from the declarations: (keys, where,
+    default, meaning) per key, an either-or pair on one row (`auth.token` / `auth.token_file`)."""
+    where = reference()
+    rows = []
+    for section, prefix in (
+        (ACCOUNT, ""),
+        (_APP_AUTH, "auth."),
+        (_TOKEN_AUTH, "auth."),
+        (CONFIG, ""),
+    ):
+        for entry in section.keys:
+            keys = entry.keys if isinstance(entry, Either) else (entry,)
+            names = [prefix + key.name for key in keys]
+            if names[0] not in where or (section is CONFIG and names[0] in _INHERITED_NAMES):
+                continue
+            key = keys[0]
+            if prefix:  # which keys an auth kind needs, its meaning says
+                key = dataclasses.replace(key, missing=None)
+            rows.append(
+                (" / ".join(f"`{n}`" for n in names), where[names[0]], _shown(key), key.doc)
+            )
+    return rows
+
+
+def _shown(key: Key[ConfigChecker]) -> str:
+    if key.missing is not None:
+        return "required"
+    if key.shown or key.default is NO_DEFAULT:
+        return key.shown
+    parse = key.parse.func if isinstance(key.parse, partial) else key.parse
+    if parse is ConfigChecker.duration:
+        return f"`{key.default:g}s`"
+    return f"`{str(key.default).lower() if isinstance(key.default, bool) else key.default}`"

@@ -32,8 +32,8 @@ from .settings import (
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
-_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
-_NAME_LIMIT = 128
+LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
+NAME_LIMIT = 128
 # Polling limits for the KooDrive API, which publishes no rate limit (docs/koodrive-api.md
 # section 6): faster would flood a shared SaaS API (10 ms was 100 requests/s per
 # account), slower than daily makes stale_after meaningless. Loopback endpoints (the
@@ -198,14 +198,14 @@ class ValueChecker(Checker):
 
     def language(self, path: str, raw: object) -> str:
         text = self.string(path, raw)
-        if not _LANGUAGE.fullmatch(text):
+        if not LANGUAGE.fullmatch(text):
             raise Invalid(f"must be a language code such as en-US or zh-CN {self.got(path, text)}")
         return text
 
     def name(self, path: str, raw: object) -> str:
         name = self.string(path, raw)
-        if len(name) > _NAME_LIMIT or not name.isprintable():
-            raise Invalid(f"must be printable and at most {_NAME_LIMIT} characters")
+        if len(name) > NAME_LIMIT or not name.isprintable():
+            raise Invalid(f"must be printable and at most {NAME_LIMIT} characters")
         scripts = sorted({script for char in name if (script := _script(char)) in _CONFUSABLE})
         if len(scripts) > 1:
             mixed = " and ".join(script.title() for script in scripts)

@@ -37,7 +37,10 @@ class Key(Generic[C]):
     parse: Callable[[C, str, Any], Any]
     default: Any = NO_DEFAULT
     missing: str | None = None
+    # What the key means, for the reference table (Markdown) and the JSON Schema.
     doc: str = ""
+    # The default as the reference shows it, when the value itself would not read well.
+    shown: str = ""
 
 
 @dataclass(frozen=True, slots=True)
